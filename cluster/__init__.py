@@ -1,0 +1,1 @@
+"""What it takes to run filterdb's flows on a real Ray cluster."""

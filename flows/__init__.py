@@ -1,0 +1,1 @@
+"""Ray pipelines of filterdb and its command line."""
