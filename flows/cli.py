@@ -1,0 +1,68 @@
+"""The `filterdb` command: each subcommand parses its arguments and calls one function of `flows`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _extract(args) -> int:
+    from flows.extract import extract_catalog
+
+    summary = extract_catalog(args.catalog, args.db, force=args.force, trust_pickles=args.trust_pickles,
+                              device=args.device)
+    return 1 if summary.failed else 0
+
+
+def _catalog_timm(args) -> int:
+    from ops.catalog import write_catalog
+    from ops.timm_catalog import timm_catalog_rows
+
+    rows = timm_catalog_rows(args.include, args.exclude)
+    write_catalog(rows, args.out)
+    print(f"wrote {len(rows)} timm models to {args.out}")
+    return 0 if rows else 1
+
+
+def _demo(args) -> int:
+    from flows.demo import run_demo
+
+    return run_demo(args.out, seeds=args.seeds, epochs=args.epochs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="filterdb", description=__doc__.splitlines()[0] if __doc__ else None)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    extract = commands.add_parser("extract", help="extract the filters of every catalog model into a DB")
+    extract.add_argument("catalog", help="catalog file (.csv or .yaml), one model per row")
+    extract.add_argument("--db", required=True, help="DB folder (created if missing)")
+    extract.add_argument("--force", action="store_true", help="re-extract models already stored unchanged")
+    extract.add_argument("--trust-pickles", action="store_true",
+                         help="allow checkpoints that need full unpickling (runs code from the file)")
+    extract.add_argument("--device", default="cpu", help="torch device for the layer metrics")
+    extract.set_defaults(run=_extract)
+
+    catalog = commands.add_parser("catalog", help="write catalogs")
+    catalog_kinds = catalog.add_subparsers(dest="kind", required=True)
+    timm_catalog = catalog_kinds.add_parser("timm", help="catalog of timm's pretrained models (no download)")
+    timm_catalog.add_argument("out", help="catalog file to write (.csv)")
+    timm_catalog.add_argument("--include", action="append", help="fnmatch pattern of names to keep (repeatable)")
+    timm_catalog.add_argument("--exclude", action="append", help="fnmatch pattern of names to drop (repeatable)")
+    timm_catalog.set_defaults(run=_catalog_timm)
+
+    demo = commands.add_parser("demo", help="train the offline demo zoo and build its DB (no network)")
+    demo.add_argument("--out", default="demo_out", help="folder for models, catalog and DB")
+    demo.add_argument("--seeds", type=int, default=2, help="training seeds per architecture and data set")
+    demo.add_argument("--epochs", type=int, default=3, help="training epochs per model")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Convolution layers of a torch module (eager or TorchScript), their execution order and depth.
+
+Depth comes from a dummy forward pass: every tensor carries a tag, the number of convolutions on
+the longest path from the model input to it. An op's output takes the largest tag of its inputs;
+a convolution's output takes its input's tag plus one, and that input tag is the convolution's
+`conv_depth`. Tags are tracked at the aten level (a `TorchDispatchMode`), so functional code,
+shortcuts, concatenations and TorchScript all count the same way as an ONNX graph does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakTensorKeyDictionary
+
+from ops.layers import ConvLayer, ModelLayers, layers_from_weights
+
+CONV_MODULES = (nn.Conv2d, nn.ConvTranspose2d)
+"""Base classes of 2-D convolutions; timm's same-padding and weight-standardised convs subclass them."""
+
+
+def to_numpy(weight: torch.Tensor):
+    """Stored values as a float32 numpy array (exact for float32/16/bfloat16 weights)."""
+    return weight.detach().to("cpu", torch.float32).contiguous().numpy()
+
+
+CONVOLUTION_OPS = (torch.ops.aten.convolution.default, torch.ops.aten._convolution.default)
+"""What every 2-D (transposed) convolution reaches at the aten level; traced TorchScript calls the second.
+Both take (input, weight, bias, stride, padding, dilation, transposed, output_padding, groups, ...)."""
+
+
+class _ConvCall:
+    def __init__(self, name, weight, in_channels, out_channels, groups, transposed, depth):
+        self.name, self.weight, self.depth = name, weight, depth
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.groups, self.transposed = groups, transposed
+
+
+class _DepthTracker(TorchDispatchMode):
+    """Propagates conv-depth tags through every aten op and records each convolution call."""
+
+    def __init__(self, name_of_weight, current_module):
+        super().__init__()
+        self.tags = WeakTensorKeyDictionary()
+        self.calls: list[_ConvCall] = []
+        self._name_of_weight = name_of_weight
+        self._current_module = current_module
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        tags = [self.tags[t] for t in inputs if t in self.tags]
+        if not tags:
+            return out
+        depth = max(tags)
+        if func in CONVOLUTION_OPS:
+            self._record(args, out, depth)
+            depth += 1
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.tags[t] = max(depth, self.tags.get(t, depth))
+        return out
+
+    def _record(self, args, out, depth):
+        x, weight = args[0], args[1]
+        transposed, groups = bool(args[6]), int(args[8])
+        name, stored = self._current_module() or (None, None)
+        if name is None:
+            name = self._name_of_weight.get(weight.data_ptr(), f"conv{len(self.calls)}")
+        stored_weight = stored if stored is not None else weight
+        self.calls.append(
+            _ConvCall(name, stored_weight, int(x.shape[1]), int(out.shape[1]), groups, transposed, depth)
+        )
+
+
+def _module_stack(module: nn.Module):
+    """Forward hooks that tell which convolution module is running (eager modules only)."""
+    stack: list[tuple[str, torch.Tensor]] = []
+    handles = []
+    if isinstance(module, torch.jit.ScriptModule):
+        return stack, handles
+
+    def enter(name, conv):
+        stack.append((name, conv.weight))
+
+    def leave(*_):
+        stack.pop()
+
+    for name, sub in module.named_modules():
+        if isinstance(sub, CONV_MODULES):
+            handles.append(sub.register_forward_pre_hook(lambda m, a, n=name: enter(n, m)))
+            handles.append(sub.register_forward_hook(leave))
+    return stack, handles
+
+
+def trace_convolutions(module: nn.Module, input_size: tuple[int, ...]) -> ModelLayers:
+    """Convolutions in execution order with graph depths, from one forward pass of a dummy input.
+
+    A module whose convolution runs several times is recorded once, at its first call, with the
+    largest depth it was called at. 3-D/1-D convolutions are not 2-D and are skipped.
+    """
+    name_of_weight = {p.data_ptr(): n.removesuffix(".weight") for n, p in module.named_parameters()}
+    stack, handles = _module_stack(module)
+    tracker = _DepthTracker(name_of_weight, lambda: stack[-1] if stack else None)
+    x = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad(), tracker:
+            tracker.tags[x] = 0
+            module(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    by_name: dict[str, ConvLayer] = {}
+    for call in tracker.calls:
+        if call.weight.dim() != 4:
+            continue
+        if call.name in by_name:
+            by_name[call.name].conv_depth = max(by_name[call.name].conv_depth, call.depth)
+            continue
+        by_name[call.name] = ConvLayer(
+            call.name, to_numpy(call.weight), call.in_channels, call.out_channels,
+            call.groups, call.transposed, call.depth,
+        )
+    return ModelLayers(list(by_name.values()), "graph")
+
+
+def declared_convolutions(module: nn.Module) -> ModelLayers:
+    """Convolution modules in declaration order, depth = position (no forward pass possible)."""
+    layers = []
+    for name, sub in module.named_modules():
+        if isinstance(sub, CONV_MODULES):
+            transposed = isinstance(sub, nn.ConvTranspose2d)
+            layers.append(
+                ConvLayer(name, to_numpy(sub.weight), sub.in_channels, sub.out_channels,
+                          sub.groups, transposed, conv_depth=len(layers))
+            )
+    return ModelLayers(layers, "declaration_order")
+
+
+def module_convolutions(module: nn.Module, input_size: tuple[int, ...] | None) -> ModelLayers:
+    """Graph depths when the input size is known and the forward pass runs, else declaration order."""
+    module.eval()
+    if input_size is not None:
+        try:
+            traced = trace_convolutions(module, tuple(input_size))
+        except Exception as error:  # a model that cannot run a dummy input still has its weights
+            fallback = _fallback(module)
+            fallback.notes.append(f"forward pass on input {tuple(input_size)} failed ({error}); depth from order")
+            return fallback
+        declared = _fallback(module)
+        missing = {layer.name for layer in declared.layers} - {layer.name for layer in traced.layers}
+        if missing:
+            declared.notes.append(
+                f"{len(missing)} convolution(s) did not run in the forward pass "
+                f"({', '.join(sorted(missing)[:3])}); depth from order"
+            )
+            return declared
+        return traced
+    return _fallback(module)
+
+
+def _fallback(module: nn.Module) -> ModelLayers:
+    if isinstance(module, torch.jit.ScriptModule):
+        named = [(n.removesuffix(".weight"), to_numpy(p)) for n, p in module.state_dict().items()
+                 if n.endswith("weight") and p.dim() == 4]
+        return layers_from_weights(named)
+    return declared_convolutions(module)
