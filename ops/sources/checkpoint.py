@@ -28,14 +28,12 @@ def read_checkpoint(path: str, trust_pickles: bool) -> dict[str, torch.Tensor]:
 
 def unwrap_state_dict(obj, path: str) -> dict[str, torch.Tensor]:
     """The tensors of a state dict, also when wrapped as {"state_dict": ...} or {"model": ...}."""
-    if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
     for _ in range(3):
-        if not isinstance(obj, dict):
+        if isinstance(obj, torch.nn.Module):  # only reachable with --trust-pickles
+            obj = obj.state_dict()
+        if not isinstance(obj, dict) or any(isinstance(v, torch.Tensor) for v in obj.values()):
             break
-        if any(isinstance(v, torch.Tensor) for v in obj.values()):
-            break
-        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), (dict, torch.nn.Module))), None)
         if inner is None:
             break
         obj = inner
