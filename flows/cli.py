@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
 def _extract(args) -> int:
-    from flows.extract import extract_catalog
+    from flows.extract import extract_catalog, extract_catalog_local
 
-    summary = extract_catalog(args.catalog, args.db, force=args.force, trust_pickles=args.trust_pickles,
-                              device=args.device)
+    if args.local:
+        summary = extract_catalog_local(args.catalog, args.db, force=args.force, trust_pickles=args.trust_pickles)
+    else:
+        summary = extract_catalog(args.catalog, args.db, force=args.force, trust_pickles=args.trust_pickles,
+                                  address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor)
     return 1 if summary.failed else 0
 
 
@@ -40,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--force", action="store_true", help="re-extract models already stored unchanged")
     extract.add_argument("--trust-pickles", action="store_true",
                          help="allow checkpoints that need full unpickling (runs code from the file)")
-    extract.add_argument("--device", default="cpu", help="torch device for the layer metrics")
+    extract.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                         help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    extract.add_argument("--actors", type=int, help="extraction actors (default: one per GPU, else per CPU)")
+    extract.add_argument("--gpus-per-actor", type=float,
+                         help="GPUs each actor reserves (default 1 when the cluster has GPUs, else 0)")
+    extract.add_argument("--local", action="store_true", help="extract in this process, without Ray")
     extract.set_defaults(run=_extract)
 
     catalog = commands.add_parser("catalog", help="write catalogs")

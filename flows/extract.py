@@ -1,11 +1,25 @@
-"""`filterdb extract`: a catalog of models -> the Lance DB (one commit per table per model)."""
+"""`filterdb extract`: a catalog of models -> the Lance DB.
+
+The Ray Data pipeline reads top to bottom: catalog rows -> an actor pool (`ExtractModels`, one
+model per call, warm across calls, a GPU each when the cluster has GPUs) that extracts a model and
+writes its `filters`/`layers` data files -> the driver, which commits fragments and then `models`
+rows every few seconds (see ops/store.py for the order and the recovery rule). The driver holds
+fragment metadata and model rows only, never filter values.
+
+`extract_catalog_local` is the same work in one process, with one commit per table per model: the
+baseline of the benchmark and a fallback without Ray.
+"""
 
 from __future__ import annotations
 
+import pickle
+import time
+from dataclasses import dataclass
+
+from flows.progress import ExtractProgress, ExtractSummary
 from ops.catalog import CatalogEntry, read_catalog
 from ops.extraction import ExtractedModel, extract_model, source_fingerprint
 from ops.store import FilterDB
-from flows.progress import ExtractProgress, ExtractSummary
 
 
 def models_to_extract(entries: list[CatalogEntry], db: FilterDB, force: bool) -> tuple[list[CatalogEntry], list[str]]:
@@ -23,24 +37,15 @@ def models_to_extract(entries: list[CatalogEntry], db: FilterDB, force: bool) ->
     return todo, skipped
 
 
-def store_model(db: FilterDB, result: ExtractedModel, stored_row: dict | None, force: bool) -> bool:
-    """Write one extracted model (replacing older rows); False when it is stored unchanged already."""
-    model_id = result.row["model_id"]
-    if (stored_row and not force and result.ok and stored_row["status"] == "ok"
-            and stored_row["weights_digest"] == result.row["weights_digest"]):
-        return False
-    if stored_row:
-        db.remove_models([model_id])
-    if result.ok:
-        db.append("filters", result.filters)
-        db.append("layers", result.layers)
-    db.append_models([result.row])
-    return True
+def unchanged(row: dict, stored_row: dict | None, force: bool) -> bool:
+    """An ok model whose weights_digest equals the stored ok one (the file was touched, not changed)."""
+    return bool(stored_row and not force and row["status"] == "ok" and stored_row["status"] == "ok"
+                and stored_row["weights_digest"] == row["weights_digest"])
 
 
-def extract_catalog(catalog: str, db_path: str, force: bool = False, trust_pickles: bool = False,
-                    device: str = "cpu", progress: bool = True) -> ExtractSummary:
-    """Extract every catalog model into the DB at `db_path`, one model at a time in this process."""
+def extract_catalog_local(catalog: str, db_path: str, force: bool = False, trust_pickles: bool = False,
+                          device: str = "cpu", progress: bool = True) -> ExtractSummary:
+    """Extract every catalog model in this process, one model (three commits) at a time."""
     entries = read_catalog(catalog)
     db = FilterDB(db_path)
     db.recover()
@@ -52,14 +57,170 @@ def extract_catalog(catalog: str, db_path: str, force: bool = False, trust_pickl
             bar.skipped(model_id)
         for entry in todo:
             result = extract_model(entry, trust_pickles=trust_pickles, device=device)
-            written = store_model(db, result, stored.get(entry.model_id), force)
-            if not result.ok:
-                bar.failed(entry.model_id, result.row["error"])
-            elif written:
-                bar.stored(entry.model_id, result.filters.num_rows)
-            else:
+            if unchanged(result.row, stored.get(entry.model_id), force):
                 bar.skipped(entry.model_id)
+                continue
+            if entry.model_id in stored:
+                db.remove_models([entry.model_id])
+            if result.ok:
+                db.append("filters", result.filters)
+                db.append("layers", result.layers)
+            db.append_models([result.row])
+            _report(bar, result)
     db.compact()
     if progress:
         bar.print_summary()
     return summary
+
+
+def _report(bar: ExtractProgress, result: ExtractedModel) -> None:
+    if result.ok:
+        bar.stored(result.row["model_id"], result.filters.num_rows)
+    else:
+        bar.failed(result.row["model_id"], result.row["error"])
+
+
+# --- the Ray Data pipeline ----------------------------------------------------------------------
+
+
+@dataclass
+class WrittenModel:
+    """What an actor hands back for one model: its models row and uncommitted fragments."""
+
+    row: dict
+    filters: list
+    layers: list
+    n_filters: int
+
+
+class ExtractModels:
+    """Ray Data actor: extracts one model per call on its device and writes its data files."""
+
+    def __init__(self, db_path: str, trust_pickles: bool, threads: int):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.db = FilterDB(db_path)
+        self.trust_pickles = trust_pickles
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def __call__(self, batch: dict) -> dict:
+        written = []
+        for payload in batch["entry"]:
+            entry: CatalogEntry = pickle.loads(payload)
+            result = extract_model(entry, trust_pickles=self.trust_pickles, device=self.device)
+            result.row["device"] = self.device
+            filters = layers = []
+            if result.ok:
+                filters = self.db.write_fragments(self.db.uri("filters"), result.filters, result.filters.schema)
+                layers = self.db.write_fragments(self.db.uri("layers"), result.layers, result.layers.schema)
+            n = result.filters.num_rows if result.ok else 0
+            written.append(pickle.dumps(WrittenModel(result.row, filters, layers, n)))
+        return {"written": written}
+
+
+class Committer:
+    """Driver side: commits finished models in groups, every `every_s` seconds."""
+
+    def __init__(self, db: FilterDB, stored: dict, force: bool, bar: ExtractProgress, every_s: float):
+        self.db, self.stored, self.force, self.bar, self.every_s = db, stored, force, bar, every_s
+        self.pending: list[WrittenModel] = []
+        self.last = time.perf_counter()
+
+    def add(self, model: WrittenModel) -> None:
+        if unchanged(model.row, self.stored.get(model.row["model_id"]), self.force):
+            self.bar.skipped(model.row["model_id"])  # its data files stay unreferenced, never visible
+            return
+        self.pending.append(model)
+        if time.perf_counter() - self.last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        self.db.remove_models([m.row["model_id"] for m in self.pending if m.row["model_id"] in self.stored])
+        self.db.commit("filters", [f for m in self.pending for f in m.filters])
+        self.db.commit("layers", [f for m in self.pending for f in m.layers])
+        self.db.append_models([m.row for m in self.pending])
+        for model in self.pending:
+            if model.row["status"] == "ok":
+                self.bar.stored(model.row["model_id"], model.n_filters)
+            else:
+                self.bar.failed(model.row["model_id"], model.row["error"])
+        self.pending, self.last = [], time.perf_counter()
+
+
+def extract_catalog(catalog: str, db_path: str, force: bool = False, trust_pickles: bool = False,
+                    address: str | None = None, actors: int | None = None, gpus_per_actor: float | None = None,
+                    commit_every_s: float = 5.0, progress: bool = True) -> ExtractSummary:
+    """Extract every catalog model with a Ray Data actor pool; resumable and idempotent."""
+    import ray
+
+    entries = read_catalog(catalog)
+    db = FilterDB(db_path)
+    db.recover()
+    todo, skipped = models_to_extract(entries, db, force)
+    stored = db.stored_models()
+    summary = ExtractSummary(total=len(entries))
+    with ExtractProgress(summary, enabled=progress) as bar:
+        for model_id in skipped:
+            bar.skipped(model_id)
+        if todo:
+            if not ray.is_initialized():
+                ray.init(address=address, log_to_driver=False)
+            committer = Committer(db, stored, force, bar, commit_every_s)
+            for written in _pipeline(todo, db_path, trust_pickles, actors, gpus_per_actor):
+                committer.add(written)
+            committer.flush()
+            _record_lost_models(db, todo, summary, committer)
+    db.compact()
+    if progress:
+        bar.print_summary()
+    return summary
+
+
+def _pipeline(todo: list[CatalogEntry], db_path: str, trust_pickles: bool, actors: int | None,
+              gpus_per_actor: float | None):
+    """catalog rows -> actor pool -> finished models, streamed to the driver as they complete."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    resources = ray.cluster_resources()
+    cluster_gpus = resources.get("GPU", 0)
+    if gpus_per_actor is None:
+        gpus_per_actor = 1 if cluster_gpus else 0
+    if actors is None:
+        actors = int(cluster_gpus // gpus_per_actor) if gpus_per_actor else int(resources.get("CPU", 1))
+    actors = max(1, min(actors, len(todo)))
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.max_errored_blocks = -1  # a model that crashes its worker loses its block, not the run
+    items = [{"entry": pickle.dumps(entry)} for entry in todo]
+    results = (
+        ray.data.from_items(items, override_num_blocks=len(items))
+        .map_batches(
+            ExtractModels,
+            batch_size=1,
+            compute=ActorPoolStrategy(size=actors),
+            fn_constructor_kwargs=dict(db_path=db_path, trust_pickles=trust_pickles, threads=1),
+            num_cpus=1,
+            num_gpus=gpus_per_actor,
+            max_task_retries=1,
+        )
+    )
+    for row in results.iter_rows():
+        yield pickle.loads(row["written"])
+
+
+def _record_lost_models(db: FilterDB, todo: list[CatalogEntry], summary: ExtractSummary, committer: Committer):
+    """Models whose worker died (twice) never reported back: record them as failed."""
+    from ops.extraction import model_row
+
+    done = set(summary.stored) | set(summary.skipped) | set(summary.failed)
+    lost = [entry for entry in todo if entry.model_id not in done]
+    for entry in lost:
+        row = model_row(entry)
+        row.update(status="failed", error=f"model {entry.model_id!r} ({entry.source} {entry.uri}): "
+                                          f"its worker process died while extracting it")
+        committer.add(WrittenModel(row, [], [], 0))
+    committer.flush()

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from flows.cli import main
-from flows.extract import extract_catalog
+from flows.extract import extract_catalog_local
 from ops.catalog import write_catalog
 from ops.kernels import filters_table
 from ops.layers import ConvLayer, ModelLayers
@@ -51,7 +51,7 @@ def table(db, name, **kwargs):
 
 
 def test_stored_weights_are_bit_exact_with_meta_on_every_row(catalog, tmp_path):
-    summary = extract_catalog(str(catalog), str(tmp_path / "db"), progress=False)
+    summary = extract_catalog_local(str(catalog), str(tmp_path / "db"), progress=False)
     assert sorted(summary.stored) == ["m0", "m1", "m2"] and not summary.failed
     filters = table(tmp_path / "db", "filters", filter="model_id = 'm0'")
     assert filters.schema.field("weights").type == pa.list_(pa.float32(), 9)
@@ -68,7 +68,7 @@ def test_stored_weights_are_bit_exact_with_meta_on_every_row(catalog, tmp_path):
 
 
 def test_torchscript_model_gets_graph_depth_and_kinds(catalog, tmp_path):
-    extract_catalog(str(catalog), str(tmp_path / "db"), progress=False)
+    extract_catalog_local(str(catalog), str(tmp_path / "db"), progress=False)
     layers = table(tmp_path / "db", "layers", filter="model_id = 'm2'").to_pylist()
     assert [l["kind"] for l in layers] == ["conv", "grouped", "depthwise", "conv", "transposed"]
     assert [l["conv_depth"] for l in layers] == [0, 1, 2, 3, 4]
@@ -107,10 +107,10 @@ def bad_files(tmp_path):
 
 def test_bad_models_are_recorded_failed_and_earlier_models_stay_intact(catalog, tmp_path):
     db = str(tmp_path / "db")
-    extract_catalog(str(catalog), db, progress=False)
+    extract_catalog_local(str(catalog), db, progress=False)
     before = table(db, "filters").sort_by([("model_id", "ascending"), ("layer_index", "ascending")])
     write_catalog(bad_files(tmp_path), tmp_path / "bad.csv")
-    summary = extract_catalog(str(tmp_path / "bad.csv"), db, progress=False)
+    summary = extract_catalog_local(str(tmp_path / "bad.csv"), db, progress=False)
     assert set(summary.failed) == {"corrupt", "noconv", "nan", "pickled", "broken"}
     errors = {m["model_id"]: m["error"] for m in table(db, "models").to_pylist() if m["status"] == "failed"}
     assert "no 2-D convolution layers" in errors["noconv"]
@@ -123,7 +123,7 @@ def test_bad_models_are_recorded_failed_and_earlier_models_stay_intact(catalog, 
     assert set(table(db, "layers", columns=["model_id"]).column("model_id").to_pylist()) == {"m0", "m1", "m2"}
 
 
-def test_cli_exits_non_zero_with_failures_and_retries_them(catalog, tmp_path, capsys):
+def test_cli_exits_non_zero_with_failures_and_retries_them(catalog, tmp_path, capsys, ray_session):
     write_catalog(bad_files(tmp_path)[:1], tmp_path / "bad.csv")
     db = str(tmp_path / "db")
     assert main(["extract", str(tmp_path / "bad.csv"), "--db", db]) == 1
@@ -136,23 +136,23 @@ def test_cli_exits_non_zero_with_failures_and_retries_them(catalog, tmp_path, ca
 
 def test_rerun_skips_unchanged_and_force_replaces_without_duplicates(catalog, tmp_path):
     db = str(tmp_path / "db")
-    extract_catalog(str(catalog), db, progress=False)
+    extract_catalog_local(str(catalog), db, progress=False)
     counts = {name: table(db, name).num_rows for name in ("models", "layers", "filters")}
-    assert extract_catalog(str(catalog), db, progress=False).skipped == ["m0", "m1", "m2"]
+    assert extract_catalog_local(str(catalog), db, progress=False).skipped == ["m0", "m1", "m2"]
     os.utime(tmp_path / "a.pt")  # touched, same weights: loaded, digest equal, not rewritten
-    again = extract_catalog(str(catalog), db, progress=False)
+    again = extract_catalog_local(str(catalog), db, progress=False)
     assert sorted(again.skipped) == ["m0", "m1", "m2"] and not again.stored
-    forced = extract_catalog(str(catalog), db, force=True, progress=False)
+    forced = extract_catalog_local(str(catalog), db, force=True, progress=False)
     assert sorted(forced.stored) == ["m0", "m1", "m2"]
     assert {name: table(db, name).num_rows for name in counts} == counts
 
 
 def test_changed_weights_replace_the_old_rows(catalog, tmp_path):
     db = str(tmp_path / "db")
-    extract_catalog(str(catalog), db, progress=False)
+    extract_catalog_local(str(catalog), db, progress=False)
     old = table(db, "models", filter="model_id = 'm0'").to_pylist()[0]["weights_digest"]
     torch.save(small_net(9).state_dict(), tmp_path / "a.pt")
-    assert extract_catalog(str(catalog), db, progress=False).stored == ["m0"]
+    assert extract_catalog_local(str(catalog), db, progress=False).stored == ["m0"]
     rows = table(db, "models", filter="model_id = 'm0'").to_pylist()
     assert len(rows) == 1 and rows[0]["weights_digest"] != old
     first = table(db, "filters", filter="model_id = 'm0' AND layer_index = 0").column("weights").to_pylist()[0]
@@ -161,7 +161,7 @@ def test_changed_weights_replace_the_old_rows(catalog, tmp_path):
 
 def test_recover_removes_rows_of_models_without_a_models_row(catalog, tmp_path):
     db = FilterDB(tmp_path / "db")
-    extract_catalog(str(catalog), db.path, progress=False)
+    extract_catalog_local(str(catalog), db.path, progress=False)
     model = ModelLayers([ConvLayer("x", np.ones((2, 2, 3, 3), np.float32), 2, 2, 1)], "graph")
     db.append("filters", filters_table("half", model, {}))  # a run that died before its models row
     assert db.recover() == ["half"]
