@@ -1,0 +1,374 @@
+"""`filterdb shifts`: distribution shift of filters between groups of models, distributed with Ray Data.
+
+    filters.lance --read_lance(columns, filter)--> map_batches(partial aggregate per block) --> fold on the driver
+    pass 1  weights                 -> Moments           -> Basis            (skipped with a stored basis)
+    pass 2  weights                 -> CoefficientRange  -> global min / max (skipped with a stored basis)
+    pass 3  weights + axis column   -> Histograms        -> symmetric KL of every pair of groups
+
+Filter rows are never shuffled nor collected: every block yields one small pickled aggregate, folded on
+the driver as it arrives. All passes read the same version of filters.lance, and the tables written
+under DIR/analysis/ (basis, histograms, shifts) carry it as `db_version`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ops.schema import FILTERS_SCHEMA
+from ops.shifts import (
+    DEFAULT_BINS,
+    DEFAULT_DEPTH_BINS,
+    N_COMPONENTS,
+    Basis,
+    CoefficientRange,
+    Histograms,
+    Moments,
+    ShiftResult,
+    depth_codes,
+    depth_labels,
+    group_codes,
+    weights_array,
+)
+
+DEFAULT_SELECTION = "kind != 'transposed'"
+"""The study analysed Conv layers only; transposed layers are stored but left out unless a predicate
+names `kind`."""
+DEPTH_AXIS = "depth"
+BATCH_ROWS = 1 << 17
+TASKS_PER_CPU = 4
+
+
+class ShiftInputError(ValueError):
+    """Bad input to a shift analysis (DB, axis, predicate, basis), with what to do about it."""
+
+
+# --- input validation ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Axis:
+    """How a block's rows get their group: a filters column, conv_depth_norm bins, or a models.lance
+    column looked up through model_id."""
+
+    name: str
+    column: str
+    mapping: dict | None = None
+    depth_bins: int = DEFAULT_DEPTH_BINS
+
+    def codes(self, table: pa.Table) -> tuple[np.ndarray, list[str]]:
+        if self.name == DEPTH_AXIS:
+            return depth_codes(table.column(self.column).to_numpy(), self.depth_bins)
+        return group_codes(table.column(self.column), self.mapping)
+
+    def order(self) -> list[str] | None:
+        return depth_labels(self.depth_bins) if self.name == DEPTH_AXIS else None
+
+
+def resolve_axis(db: Path, by: str, depth_bins: int = DEFAULT_DEPTH_BINS) -> Axis:
+    if by == DEPTH_AXIS:
+        return Axis(by, "conv_depth_norm", depth_bins=depth_bins)
+    if by in FILTERS_SCHEMA.names and by != "weights":
+        return Axis(by, by)
+    models = db / "models.lance"
+    model_columns = lance.dataset(str(models)).schema.names if models.exists() else []
+    if by in model_columns and by != "model_id":
+        table = lance.dataset(str(models)).to_table(columns=["model_id", by], filter="status = 'ok'")
+        mapping = dict(zip(table.column("model_id").to_pylist(), table.column(by).to_pylist()))
+        return Axis(by, "model_id", mapping=mapping)
+    choices = [DEPTH_AXIS, *[c for c in FILTERS_SCHEMA.names if c != "weights"], *[c for c in model_columns if c not in FILTERS_SCHEMA.names]]
+    raise ShiftInputError(f"unknown axis {by!r}: choose one of {', '.join(choices)}")
+
+
+def selection_predicate(where: str | None, has_transposed: bool = True) -> str | None:
+    """The SQL predicate of the analysed filters: `where`, and kind != 'transposed' unless `where`
+    names the kind column (or the DB has no transposed filters, where it selects everything anyway)."""
+    if where is not None and not where.strip():
+        where = None
+    if where is not None and re.search(r"\bkind\b", where):
+        return where
+    if not has_transposed:
+        return where
+    return DEFAULT_SELECTION if where is None else f"({where}) AND {DEFAULT_SELECTION}"
+
+
+def _has_transposed(db: Path, filters: lance.LanceDataset) -> bool:
+    # layers.lance, one row per layer, says it cheaply; filters.lance needs a scan of its kind column.
+    layers = db / "layers.lance"
+    if layers.exists():
+        try:
+            return lance.dataset(str(layers)).count_rows(filter="kind = 'transposed'") > 0
+        except Exception:  # noqa: BLE001 - an unreadable layers table: ask the filters
+            pass
+    return filters.count_rows(filter="kind = 'transposed'") > 0
+
+
+def _check_selection(filters: lance.LanceDataset, predicate: str | None, where: str | None) -> None:
+    try:
+        found = filters.scanner(columns=["kind"], filter=predicate, limit=1).to_table().num_rows
+    except Exception as error:  # noqa: BLE001 - Lance raises several types for a bad predicate
+        raise ShiftInputError(f"bad predicate {where!r}: {error}. Write a SQL condition on filters.lance columns, e.g. \"task = 'classification' AND conv_depth_norm <= 0.5\"") from None
+    if found == 0:
+        raise ShiftInputError(f"no filters match {predicate!r} in {filters.uri}: relax --where or check the DB")
+
+
+# --- stored bases ----------------------------------------------------------------------------------
+
+
+def load_basis(source: str | os.PathLike, selection: str | None = None) -> tuple[Basis, CoefficientRange, str]:
+    """A basis and its coefficient range from a basis.lance table (or a DB folder holding
+    analysis/basis.lance), computed over `selection` (default: the only one stored, or the default
+    selection). Returns (basis, range, the selection it was computed over)."""
+    path = Path(source)
+    if (path / "analysis" / "basis.lance").exists():
+        path = path / "analysis" / "basis.lance"
+    try:
+        table = lance.dataset(str(path)).to_table()
+    except Exception:  # noqa: BLE001 - not a Lance dataset
+        raise ShiftInputError(f"no stored basis at {source}: give a DB folder with analysis/basis.lance (written by an earlier `filterdb shifts`) or a basis.lance path") from None
+    stored = sorted(set(table.column("selection").to_pylist()))
+    if selection is None:
+        selection = stored[0] if len(stored) == 1 else DEFAULT_SELECTION
+    if selection not in stored:
+        raise ShiftInputError(f"{path} holds no basis computed over {selection!r}; it has: {stored}")
+    rows = table.filter(pc.equal(table.column("selection"), selection)).sort_by("component")
+    vectors = weights_array(rows.column("vector"))
+    basis = Basis(
+        mean=weights_array(rows.column("mean"))[0].copy(),
+        components=vectors.copy(),
+        explained_variance=rows.column("explained_variance").to_numpy(),
+        explained_variance_ratio=rows.column("explained_variance_ratio").to_numpy(),
+        n=int(rows.column("n")[0].as_py()),
+    )
+    value_range = CoefficientRange(rows.column("coefficient_min").to_numpy().astype(np.float32), rows.column("coefficient_max").to_numpy().astype(np.float32))
+    return basis, value_range, selection
+
+
+# --- the flow --------------------------------------------------------------------------------------
+
+
+def _partial(aggregate) -> pa.Table:
+    return pa.table({"partial": pa.array([pickle.dumps(aggregate, protocol=5)], pa.binary())})
+
+
+def _moments_of_block(table: pa.Table) -> pa.Table:
+    return _partial(Moments.of(weights_array(table.column("weights"))))
+
+
+def _range_of_block(table: pa.Table, basis: Basis) -> pa.Table:
+    return _partial(CoefficientRange.of(weights_array(table.column("weights")), basis))
+
+
+def _histograms_of_block(table: pa.Table, axis: Axis, basis: Basis, value_range: CoefficientRange, bins: int) -> pa.Table:
+    codes, labels = axis.codes(table)
+    return _partial(Histograms.of(weights_array(table.column("weights")), codes, labels, basis, value_range, bins))
+
+
+def _fold(dataset, block_fn, initial, **kwargs):
+    """map_batches(block_fn) over whole blocks, partial aggregates merged on the driver as they come."""
+    result = initial
+    partials = dataset.map_batches(block_fn, batch_format="pyarrow", batch_size=None, fn_kwargs=kwargs)
+    for batch in partials.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
+        for blob in batch.column("partial").to_pylist():
+            result = result.merge(pickle.loads(blob))
+    return result
+
+
+def run_shifts(
+    db: str | os.PathLike,
+    by: str,
+    where: str | None = None,
+    basis: str | os.PathLike | None = None,
+    bins: int = DEFAULT_BINS,
+    depth_bins: int = DEFAULT_DEPTH_BINS,
+    address: str | None = None,
+    write: bool = True,
+    concurrency: int | None = None,
+    batch_rows: int = BATCH_ROWS,
+    progress: bool = True,
+) -> ShiftResult:
+    """Shift analysis of the filters in `db` between the groups of `by` (a filters.lance column,
+    'depth', or a models.lance column), over the filters matching `where` (SQL; transposed layers are
+    left out unless it names `kind`). `basis` reuses the basis and coefficient range stored in a DB
+    folder / basis.lance so that analyses of subsets stay comparable. Writes DIR/analysis/ tables
+    unless write=False. `concurrency` caps the number of parallel read+aggregate tasks."""
+    db = Path(db)
+    uri = db / "filters.lance"
+    if not uri.exists():
+        raise ShiftInputError(f"no filters.lance in {db}: run `filterdb extract` first or check --db")
+    if bins < 2:
+        raise ShiftInputError(f"bins must be at least 2, not {bins}")
+    filters = lance.dataset(str(uri))
+    version = filters.version
+    axis = resolve_axis(db, by, depth_bins)
+    predicate = selection_predicate(where, has_transposed=_has_transposed(db, filters))
+    _check_selection(filters, predicate, where)
+    stored = load_basis(basis) if basis is not None else None
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+
+    # A few read tasks per CPU, each a group of whole fragments passed on as whole blocks: Ray's
+    # default cuts blocks into pieces of a few thousand rows, where per-block overhead dominates.
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    n_tasks = max(1, min(len(filters.get_fragments()), TASKS_PER_CPU * cpus))
+
+    def read(columns):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # `filter=` is the push-down we want
+            return ray.data.read_lance(
+                str(uri), version=version, columns=columns, filter=predicate, scanner_options={"batch_size": batch_rows},
+                override_num_blocks=n_tasks, concurrency=concurrency,
+            )
+
+    if stored is None:
+        found = _fold(read(["weights"]), _moments_of_block, Moments()).basis()
+        value_range = _fold(read(["weights"]), _range_of_block, CoefficientRange(), basis=found)
+        basis_selection = predicate
+    else:
+        found, value_range, basis_selection = stored
+    histograms = _fold(read(["weights", axis.column]), _histograms_of_block, Histograms.empty(value_range, bins), axis=axis, basis=found, value_range=value_range, bins=bins)
+    if not histograms.counts:
+        raise ShiftInputError(f"no filters match {predicate!r} in {uri}")
+    result = ShiftResult.of(by, found, value_range, histograms, order=axis.order(), selection=predicate, basis_selection=basis_selection, db_version=version)
+    if write:
+        write_analysis(db, result, write_basis=stored is None)
+    return result
+
+
+# --- analysis tables -------------------------------------------------------------------------------
+
+
+def _vectors(rows: np.ndarray, value_type=pa.float32()) -> pa.FixedSizeListArray:
+    rows = np.asarray(rows)
+    return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1), value_type), rows.shape[1])
+
+
+def _sql_string(value: str | None) -> str:
+    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+def _replace_rows(path: Path, table: pa.Table, key: str) -> None:
+    """Write `table` to the Lance dataset at `path`, replacing the rows that match `key` (SQL)."""
+    if path.exists():
+        dataset = lance.dataset(str(path))
+        dataset.delete(key)
+        lance.write_dataset(table, str(path), mode="append")
+    else:
+        lance.write_dataset(table, str(path))
+
+
+def basis_table(result: ShiftResult) -> pa.Table:
+    b, k = result.basis, np.arange(N_COMPONENTS)
+    return pa.table(
+        {
+            "selection": pa.array([result.selection or ""] * N_COMPONENTS, pa.string()),
+            "db_version": pa.array([result.db_version] * N_COMPONENTS, pa.int64()),
+            "n": pa.array([b.n] * N_COMPONENTS, pa.int64()),
+            "component": pa.array(k, pa.int32()),
+            "mean": _vectors(np.tile(b.mean, (N_COMPONENTS, 1))),
+            "vector": _vectors(b.components),
+            "explained_variance": pa.array(b.explained_variance, pa.float64()),
+            "explained_variance_ratio": pa.array(b.explained_variance_ratio, pa.float64()),
+            "coefficient_min": pa.array(result.value_range.lo, pa.float32()),
+            "coefficient_max": pa.array(result.value_range.hi, pa.float32()),
+        }
+    )
+
+
+def histograms_table(result: ShiftResult) -> pa.Table:
+    h, densities = result.histograms, result.densities()
+    rows = [(g, k) for g in result.groups for k in range(N_COMPONENTS)]
+    n = len(rows)
+    return pa.table(
+        {
+            "axis": pa.array([result.axis] * n, pa.string()),
+            "selection": pa.array([result.selection or ""] * n, pa.string()),
+            "basis_selection": pa.array([result.basis_selection or ""] * n, pa.string()),
+            "db_version": pa.array([result.db_version] * n, pa.int64()),
+            "group": pa.array([g for g, _ in rows], pa.string()),
+            "n": pa.array([int(h.counts[g][k].sum()) for g, k in rows], pa.int64()),
+            "component": pa.array([k for _, k in rows], pa.int32()),
+            "lo": pa.array([h.lo[k] for _, k in rows], pa.float64()),
+            "hi": pa.array([h.hi[k] for _, k in rows], pa.float64()),
+            "counts": pa.array([h.counts[g][k] for g, k in rows], pa.list_(pa.int64())),
+            "density": pa.array([densities[g][0][k] for g, k in rows], pa.list_(pa.float64())),
+            "bandwidth": pa.array([densities[g][1][k] for g, k in rows], pa.float64()),
+        }
+    )
+
+
+def shifts_table(result: ShiftResult) -> pa.Table:
+    pairs = [(a, b) for a in range(len(result.groups)) for b in range(a + 1, len(result.groups))]
+    n = len(pairs)
+    return pa.table(
+        {
+            "axis": pa.array([result.axis] * n, pa.string()),
+            "selection": pa.array([result.selection or ""] * n, pa.string()),
+            "basis_selection": pa.array([result.basis_selection or ""] * n, pa.string()),
+            "db_version": pa.array([result.db_version] * n, pa.int64()),
+            "group_a": pa.array([result.groups[a] for a, _ in pairs], pa.string()),
+            "group_b": pa.array([result.groups[b] for _, b in pairs], pa.string()),
+            "n_a": pa.array([int(result.sizes[a]) for a, _ in pairs], pa.int64()),
+            "n_b": pa.array([int(result.sizes[b]) for _, b in pairs], pa.int64()),
+            "kl": _vectors(np.array([result.kl[a, b] for a, b in pairs]).reshape(n, N_COMPONENTS), pa.float64()),
+            "kl_weighted": pa.array([result.kl_weighted[a, b] for a, b in pairs], pa.float64()),
+        }
+    )
+
+
+def write_analysis(db: str | os.PathLike, result: ShiftResult, write_basis: bool = True) -> Path:
+    """DIR/analysis/{basis,histograms,shifts}.lance; rows of the same selection (and axis) are replaced,
+    others kept."""
+    folder = Path(db) / "analysis"
+    folder.mkdir(exist_ok=True)
+    selection = _sql_string(result.selection or "")
+    if write_basis:
+        _replace_rows(folder / "basis.lance", basis_table(result), f"selection = {selection}")
+    key = f"axis = {_sql_string(result.axis)} AND selection = {selection}"
+    _replace_rows(folder / "histograms.lance", histograms_table(result), key)
+    _replace_rows(folder / "shifts.lance", shifts_table(result), key)
+    return folder
+
+
+# --- printing --------------------------------------------------------------------------------------
+
+
+def print_shift_matrix(result: ShiftResult, console=None, max_groups: int = 24) -> None:
+    """The explained-variance-weighted symmetric KL of every pair of groups as a rich table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    shown = min(len(result.groups), max_groups)
+    title = f"Shift along {result.axis}: weighted symmetric KL ({result.histograms.bins} bins"
+    title += f", {int(result.sizes.sum()):,} filters, DB version {result.db_version})" if result.db_version is not None else ")"
+    table = Table(title=title)
+    table.add_column("group (n)")
+    for g in result.groups[:shown]:
+        table.add_column(g, justify="right")
+    high = result.kl_weighted.max() if result.kl_weighted.size else 0
+    for a in range(shown):
+        cells = []
+        for b in range(shown):
+            value = result.kl_weighted[a, b]
+            style = "bold" if high > 0 and value >= 0.5 * high else ""
+            cells.append("" if a == b else f"[{style}]{value:.4f}[/{style}]" if style else f"{value:.4f}")
+        table.add_row(f"{result.groups[a]} ({int(result.sizes[a]):,})", *cells)
+    console.print(table)
+    if shown < len(result.groups):
+        console.print(f"(first {shown} of {len(result.groups)} groups; all pairs are in analysis/shifts.lance)")
+    ratio = ", ".join(f"{r:.3f}" for r in result.basis.explained_variance_ratio)
+    console.print(f"explained-variance ratio of the basis ({result.basis.n:,} filters): {ratio}")
