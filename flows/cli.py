@@ -34,6 +34,13 @@ def _demo(args) -> int:
     return run_demo(args.out, seeds=args.seeds, epochs=args.epochs)
 
 
+def _bench_extract(args) -> int:
+    from flows.bench_extract import BENCH_ARCHS, run_extract_benchmark
+
+    results = run_extract_benchmark(BENCH_ARCHS[: args.archs], args.demo_catalog, args.workdir)
+    return 1 if any(r["failed"] for r in results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="filterdb", description=__doc__.splitlines()[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, default=2, help="training seeds per architecture and data set")
     demo.add_argument("--epochs", type=int, default=3, help="training epochs per model")
     demo.set_defaults(run=_demo)
+    bench = commands.add_parser("bench", help="benchmarks that print figures")
+    bench_kinds = bench.add_subparsers(dest="kind", required=True)
+    bench_extract = bench_kinds.add_parser("extract", help="single-process loop vs Ray pipeline with 1 and 2 actors")
+    bench_extract.add_argument("--archs", type=int, default=42, help="how many timm architectures (random init)")
+    bench_extract.add_argument("--demo-catalog", help="also extract these models (e.g. demo_out/catalog.csv)")
+    bench_extract.add_argument("--workdir", help="folder for the benchmark DBs (default: a temporary folder)")
+    bench_extract.set_defaults(run=_bench_extract)
     return parser
 
 
