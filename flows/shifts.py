@@ -124,10 +124,18 @@ def _check_selection(filters: lance.LanceDataset, predicate: str | None, where: 
 # --- stored bases ----------------------------------------------------------------------------------
 
 
-def load_basis(source: str | os.PathLike, selection: str | None = None) -> tuple[Basis, CoefficientRange, str]:
+@dataclass(frozen=True)
+class StoredBasis:
+    basis: Basis
+    value_range: CoefficientRange
+    selection: str
+    db_version: int
+
+
+def load_basis(source: str | os.PathLike, selection: str | None = None) -> StoredBasis:
     """A basis and its coefficient range from a basis.lance table (or a DB folder holding
-    analysis/basis.lance), computed over `selection` (default: the only one stored, or the default
-    selection). Returns (basis, range, the selection it was computed over)."""
+    analysis/basis.lance), the one computed over `selection` (default: the only one stored, or else
+    the one over the default selection)."""
     path = Path(source)
     if (path / "analysis" / "basis.lance").exists():
         path = path / "analysis" / "basis.lance"
@@ -141,16 +149,25 @@ def load_basis(source: str | os.PathLike, selection: str | None = None) -> tuple
     if selection not in stored:
         raise ShiftInputError(f"{path} holds no basis computed over {selection!r}; it has: {stored}")
     rows = table.filter(pc.equal(table.column("selection"), selection)).sort_by("component")
-    vectors = weights_array(rows.column("vector"))
     basis = Basis(
         mean=weights_array(rows.column("mean"))[0].copy(),
-        components=vectors.copy(),
+        components=weights_array(rows.column("vector")).copy(),
         explained_variance=rows.column("explained_variance").to_numpy(),
         explained_variance_ratio=rows.column("explained_variance_ratio").to_numpy(),
         n=int(rows.column("n")[0].as_py()),
     )
     value_range = CoefficientRange(rows.column("coefficient_min").to_numpy().astype(np.float32), rows.column("coefficient_max").to_numpy().astype(np.float32))
-    return basis, value_range, selection
+    return StoredBasis(basis, value_range, selection, int(rows.column("db_version")[0].as_py()))
+
+
+def _stored_for(db: Path, selection: str, version: int) -> StoredBasis | None:
+    """The basis stored for exactly this selection of this version of the DB, if any: the same data,
+    hence the same numbers, without two passes."""
+    try:
+        stored = load_basis(db / "analysis" / "basis.lance", selection)
+    except ShiftInputError:
+        return None
+    return stored if stored.db_version == version else None
 
 
 # --- the flow --------------------------------------------------------------------------------------
@@ -160,17 +177,29 @@ def _partial(aggregate) -> pa.Table:
     return pa.table({"partial": pa.array([pickle.dumps(aggregate, protocol=5)], pa.binary())})
 
 
+def _over_batches(table: pa.Table, initial, of_batch) -> pa.Table:
+    # Record batch by record batch: a block's batches as they came from Lance, without concatenating.
+    result = initial
+    for batch in table.to_batches():
+        if batch.num_rows:
+            result = result.merge(of_batch(batch))
+    return _partial(result)
+
+
 def _moments_of_block(table: pa.Table) -> pa.Table:
-    return _partial(Moments.of(weights_array(table.column("weights"))))
+    return _over_batches(table, Moments(), lambda b: Moments.of(weights_array(b.column("weights"))))
 
 
 def _range_of_block(table: pa.Table, basis: Basis) -> pa.Table:
-    return _partial(CoefficientRange.of(weights_array(table.column("weights")), basis))
+    return _over_batches(table, CoefficientRange(), lambda b: CoefficientRange.of(weights_array(b.column("weights")), basis))
 
 
 def _histograms_of_block(table: pa.Table, axis: Axis, basis: Basis, value_range: CoefficientRange, bins: int) -> pa.Table:
-    codes, labels = axis.codes(table)
-    return _partial(Histograms.of(weights_array(table.column("weights")), codes, labels, basis, value_range, bins))
+    def of_batch(batch):
+        codes, labels = axis.codes(batch)
+        return Histograms.of(weights_array(batch.column("weights")), codes, labels, basis, value_range, bins)
+
+    return _over_batches(table, Histograms.empty(value_range, bins), of_batch)
 
 
 def _fold(dataset, block_fn, initial, **kwargs):
@@ -192,6 +221,7 @@ def run_shifts(
     depth_bins: int = DEFAULT_DEPTH_BINS,
     address: str | None = None,
     write: bool = True,
+    reuse: bool = True,
     concurrency: int | None = None,
     batch_rows: int = BATCH_ROWS,
     progress: bool = True,
@@ -199,8 +229,9 @@ def run_shifts(
     """Shift analysis of the filters in `db` between the groups of `by` (a filters.lance column,
     'depth', or a models.lance column), over the filters matching `where` (SQL; transposed layers are
     left out unless it names `kind`). `basis` reuses the basis and coefficient range stored in a DB
-    folder / basis.lance so that analyses of subsets stay comparable. Writes DIR/analysis/ tables
-    unless write=False. `concurrency` caps the number of parallel read+aggregate tasks."""
+    folder / basis.lance so that analyses of subsets stay comparable; without it, a basis stored for
+    the same selection of the same DB version is reused (`reuse`), which skips passes 1 and 2. Writes
+    DIR/analysis/ tables unless write=False. `concurrency` caps the parallel read+aggregate tasks."""
     db = Path(db)
     uri = db / "filters.lance"
     if not uri.exists():
@@ -212,7 +243,7 @@ def run_shifts(
     axis = resolve_axis(db, by, depth_bins)
     predicate = selection_predicate(where, has_transposed=_has_transposed(db, filters))
     _check_selection(filters, predicate, where)
-    stored = load_basis(basis) if basis is not None else None
+    stored = load_basis(basis) if basis is not None else _stored_for(db, predicate, version) if reuse else None
 
     import ray
 
@@ -238,7 +269,7 @@ def run_shifts(
         value_range = _fold(read(["weights"]), _range_of_block, CoefficientRange(), basis=found)
         basis_selection = predicate
     else:
-        found, value_range, basis_selection = stored
+        found, value_range, basis_selection = stored.basis, stored.value_range, stored.selection
     histograms = _fold(read(["weights", axis.column]), _histograms_of_block, Histograms.empty(value_range, bins), axis=axis, basis=found, value_range=value_range, bins=bins)
     if not histograms.counts:
         raise ShiftInputError(f"no filters match {predicate!r} in {uri}")

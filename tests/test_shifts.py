@@ -135,7 +135,7 @@ def test_flow_matches_the_study_recipe(db, by_task):
 
 
 def test_results_do_not_depend_on_blocks_or_workers(db, by_task, ray_session):
-    one_worker_small_blocks = run_shifts(db, "task", concurrency=1, batch_rows=1000, write=False, progress=False)
+    one_worker_small_blocks = run_shifts(db, "task", concurrency=1, batch_rows=1000, write=False, reuse=False, progress=False)
     table = selected(db)
     codes, labels = shifts.group_codes(table.column("task"))
     in_memory = shifts.analyse(shifts.weights_array(table.column("weights")), codes, labels, block_rows=12345)
@@ -210,16 +210,27 @@ def test_tables_are_written_under_analysis_tagged_with_the_db_version(db, by_tas
 
 def test_a_stored_basis_is_reused_for_a_subset(db, by_task, ray_session):
     subset = run_shifts(db, "family", where="task = 'classification'", basis=db, write=False, progress=False)
-    stored, stored_range, selection = load_basis(db)
-    assert selection == by_task.selection
+    stored = load_basis(db)
+    assert stored.selection == by_task.selection
     np.testing.assert_array_equal(subset.basis.components, by_task.basis.components)
     np.testing.assert_array_equal(subset.histograms.lo, by_task.histograms.lo)
 
     table = selected(db, "task = 'classification' AND kind != 'transposed'", columns=["weights", "family"])
     codes, labels = shifts.group_codes(table.column("family"))
-    expected = shifts.analyse(shifts.weights_array(table.column("weights")), codes, labels, basis=stored, value_range=stored_range)
+    expected = shifts.analyse(shifts.weights_array(table.column("weights")), codes, labels, basis=stored.basis, value_range=stored.value_range)
     np.testing.assert_array_equal(subset.kl_weighted, expected.kl_weighted)
     assert subset.basis_selection == by_task.selection != subset.selection
+
+
+def test_the_basis_stored_for_the_same_selection_and_version_saves_two_passes(db, by_task, ray_session, monkeypatch):
+    import flows.shifts
+
+    passes = []
+    fold = flows.shifts._fold
+    monkeypatch.setattr(flows.shifts, "_fold", lambda *args, **kwargs: passes.append(args[1].__name__) or fold(*args, **kwargs))
+    again = run_shifts(db, "task", write=False, progress=False)
+    assert passes == ["_histograms_of_block"]
+    np.testing.assert_array_equal(again.kl_weighted, by_task.kl_weighted)
 
 
 def test_the_matrix_prints_with_group_sizes(by_task, capsys):
