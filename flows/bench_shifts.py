@@ -114,3 +114,201 @@ def synthetic_db(n_filters: int, cache: Path = DEFAULT_CACHE, seed: int = 0) -> 
         lance.write_dataset(table, str(uri), mode=mode, max_rows_per_file=FRAGMENT_ROWS)
         mode = "append"
     return db
+
+
+# --- the contenders --------------------------------------------------------------------------------
+
+
+def scan_rate(uri: str, repeats: int = 3, batch_rows: int = 1 << 17) -> float:
+    """Filters/s of merely reading the weights column with Lance's scanner (best of `repeats`)."""
+    dataset, best = lance.dataset(uri), float("inf")
+    for _ in range(repeats):
+        start, n = time.perf_counter(), 0
+        for batch in dataset.scanner(columns=["weights"], batch_size=batch_rows).to_batches():
+            n += batch.num_rows
+        best = min(best, time.perf_counter() - start)
+    return n / best
+
+
+def study_recipe(uri: str, by: str, bins: int = 70) -> np.ndarray:
+    """The study's single-process approach: load every filter, peak-scale, scikit-learn PCA,
+    numpy.histogram per group and component over the global range, scipy's entropy both ways."""
+    from scipy.stats import entropy
+    from sklearn.decomposition import PCA
+
+    table = lance.dataset(uri).to_table(columns=["weights", by])
+    weights = table.column("weights").combine_chunks().flatten().to_numpy().reshape(-1, 9)
+    groups = table.column(by).to_numpy(zero_copy_only=False)
+    peak = np.abs(weights).max(axis=1)
+    peak[peak == 0] = 1
+    scaled = weights / peak[:, None]
+    pca = PCA(n_components=9).fit(scaled)
+    coefficients = pca.transform(scaled)
+    names = sorted(set(groups))
+    lo, hi = coefficients.min(axis=0), coefficients.max(axis=0)
+    eps = np.finfo(np.float32).eps
+    p = {}
+    for g in names:
+        members = coefficients[groups == g]
+        for k in range(9):
+            counts, _ = np.histogram(members[:, k], bins=bins, range=(lo[k], hi[k]))
+            q = counts / counts.sum()
+            q[q == 0] = eps
+            p[g, k] = q / q.sum()
+    weighted = np.zeros((len(names), len(names)))
+    for a, ga in enumerate(names):
+        for b, gb in enumerate(names):
+            weighted[a, b] = sum(pca.explained_variance_ratio_[k] * (entropy(p[ga, k], p[gb, k]) + entropy(p[gb, k], p[ga, k])) for k in range(9))
+    return weighted
+
+
+class PeakMemory:
+    """Peak resident memory of this process and its children (Ray's processes when Ray was started
+    here), sampled every 50 ms while in the `with` block; `.peak` and `.baseline` in bytes."""
+
+    def __init__(self):
+        import psutil
+
+        self.process = psutil.Process()
+        self.baseline = self.peak = self._rss()
+
+    def _rss(self) -> int:
+        total = 0
+        for p in [self.process, *self.process.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except Exception:  # noqa: BLE001 - a process that just ended
+                pass
+        return total
+
+    def __enter__(self):
+        self.baseline = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def _timed(fn, repeats: int) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def run_shifts_benchmark(
+    n_filters: int,
+    by: str = "task",
+    cache: Path = DEFAULT_CACHE,
+    workers: tuple[int, ...] = (1, 2),
+    study_max: int = 20_000_000,
+    repeats: int = 2,
+    address: str | None = None,
+) -> dict:
+    """All figures of the benchmark in one dict (rates in filters/s, times in s, memory in bytes)."""
+    import ray
+
+    from flows.shifts import run_shifts
+    from ops.shifts import analyse, group_codes, weights_array
+
+    db = synthetic_db(n_filters, cache)
+    uri = str(db / "filters.lance")
+    figures = {"filters": n_filters, "by": by, "cpus": os.cpu_count(), "load_average_before": os.getloadavg()[0]}
+    figures["scan"] = scan_rate(uri)
+
+    start = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    figures["ray_start_s"] = time.perf_counter() - start
+    figures["first_run_s"], _ = _timed(lambda: run_shifts(db, by, write=False, reuse=False, progress=False), 1)
+    for w in workers:
+        with PeakMemory() as memory:
+            seconds, result = _timed(lambda: run_shifts(db, by, write=False, reuse=False, concurrency=w, progress=False), repeats)
+        figures[f"flow_{w}_workers"] = n_filters / seconds
+        figures[f"flow_{w}_workers_peak_rss"] = memory.peak
+    run_shifts(db, by, progress=False, reuse=False)  # stores the basis of this selection and version
+    seconds, _ = _timed(lambda: run_shifts(db, by, write=False, progress=False), repeats)
+    figures["flow_stored_basis"] = n_filters / seconds
+    figures["flow"] = max(figures[f"flow_{w}_workers"] for w in workers)
+
+    table = lance.dataset(uri).to_table(columns=["weights", by])
+    weights = weights_array(table.column("weights"))
+    codes, labels = group_codes(table.column(by))
+    seconds, in_memory = _timed(lambda: analyse(weights, codes, labels, axis=by), repeats)
+    figures["in_memory"] = n_filters / seconds
+    del table, weights, codes
+
+    if n_filters <= study_max:
+        with PeakMemory() as memory:
+            seconds, weighted = _timed(lambda: study_recipe(uri, by), 1)
+        figures["study"] = n_filters / seconds
+        figures["study_peak_rss_growth"] = memory.peak - memory.baseline
+        figures["study_max_relative_difference"] = float(np.abs(weighted - result.kl_weighted).max() / np.abs(weighted).max())
+    figures["load_average_after"] = os.getloadavg()[0]
+    return figures
+
+
+def print_figures(figures: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    n, flow = figures["filters"], figures["flow"]
+    table = Table(title=f"filterdb shifts --by {figures['by']}: {n:,} filters, {figures['cpus']} CPUs (load average {figures['load_average_before']:.1f} before, {figures['load_average_after']:.1f} after)")
+    table.add_column("what")
+    table.add_column("filters/s", justify="right")
+    table.add_column("flow's ratio", justify="right")
+
+    def row(name, rate, note=""):
+        table.add_row(name, f"{rate / 1e6:,.2f} M", f"{flow / rate:.2f}x" if rate else "", *([note] if note else []))
+
+    row("scan of the weights column (Lance, the practical limit)", figures["scan"])
+    for key in sorted(k for k in figures if k.startswith("flow_") and k.endswith("_workers")):
+        row(f"flow on Ray, {key.split('_')[1]} worker(s), 3 passes", figures[key])
+    row("flow on Ray, basis stored for this selection+version (1 pass)", figures["flow_stored_basis"])
+    row("same aggregates on an in-memory numpy array (1 process)", figures["in_memory"])
+    if "study" in figures:
+        row("study's recipe (load all, scikit-learn PCA, np.histogram)", figures["study"])
+    console.print(table)
+    mib = 1 << 20
+    console.print(f"Ray start {figures['ray_start_s']:.1f} s; first run (workers starting) {figures['first_run_s']:.1f} s")
+    for key in sorted(k for k in figures if k.endswith("_peak_rss")):
+        console.print(f"peak RSS of driver + Ray processes during the flow ({key.split('_')[1]} worker(s)): {figures[key] / mib:,.0f} MiB")
+    if "study" in figures:
+        console.print(f"study's recipe: +{figures['study_peak_rss_growth'] / mib:,.0f} MiB resident; weighted KL differs from the flow's by {figures['study_max_relative_difference']:.1e} (relative, float32 PCA)")
+
+
+def parse_count(text: str) -> int:
+    """'10M' -> 10_000_000, '500k' -> 500_000, '1e6' -> 1_000_000."""
+    text = text.strip().lower().replace("_", "")
+    factor = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}.get(text[-1:], 1)
+    return int(float(text[:-1] if factor > 1 else text) * factor)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.bench_shifts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--filters", default="10M", help="number of synthetic filters, e.g. 1M, 10M (default 10M)")
+    parser.add_argument("--by", default="task", help="axis of the analysis (default task)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"folder of the synthetic DBs (default {DEFAULT_CACHE})")
+    parser.add_argument("--study-max", default="20M", help="skip the study's recipe above this many filters (default 20M)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs of each contender, best kept (default 2)")
+    parser.add_argument("--address", default=None, help="Ray address (default: a local Ray)")
+    args = parser.parse_args(argv)
+    figures = run_shifts_benchmark(parse_count(args.filters), by=args.by, cache=args.cache, study_max=parse_count(args.study_max), repeats=args.repeats, address=args.address)
+    print_figures(figures)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

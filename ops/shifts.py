@@ -256,6 +256,16 @@ def group_codes(column: pa.Array | pa.ChunkedArray, mapping: dict | None = None)
     value is mapping[value] (e.g. model_id -> an extra catalog column), MISSING when absent."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
+    runs = pc.run_end_encode(column)
+    if len(runs.values) * 8 <= len(column):
+        # Rows come grouped (by model, layer): encoding the runs' values is 2-3x cheaper than all rows'.
+        run_codes, labels = _dictionary_codes(runs.values, mapping)
+        lengths = np.diff(runs.run_ends.to_numpy(), prepend=0)
+        return np.repeat(run_codes, lengths), labels
+    return _dictionary_codes(column, mapping)
+
+
+def _dictionary_codes(column: pa.Array, mapping: dict | None) -> tuple[np.ndarray, list[str]]:
     encoded = pc.dictionary_encode(column, null_encoding="encode")
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
     values = encoded.dictionary.to_pylist()
