@@ -236,8 +236,8 @@ def run_shifts(
     uri = db / "filters.lance"
     if not uri.exists():
         raise ShiftInputError(f"no filters.lance in {db}: run `filterdb extract` first or check --db")
-    if bins < 2:
-        raise ShiftInputError(f"bins must be at least 2, not {bins}")
+    if bins < 2 or depth_bins < 1:
+        raise ShiftInputError(f"bins must be at least 2 and depth bins at least 1, not {bins} and {depth_bins}")
     filters = lance.dataset(str(uri))
     version = filters.version
     axis = resolve_axis(db, by, depth_bins)
@@ -405,3 +405,28 @@ def print_shift_matrix(result: ShiftResult, console=None, max_groups: int = 24) 
         console.print(f"(first {shown} of {len(result.groups)} groups; every pair is in analysis/shifts.lance)")
     ratio = ", ".join(f"{r:.3f}" for r in result.basis.explained_variance_ratio)
     console.print(f"selection: {result.selection or 'all filters'}; basis over {result.basis_selection or 'all filters'} ({result.basis.n:,} filters), explained-variance ratios {ratio}")
+
+
+def shifts_command(
+    db: str | os.PathLike,
+    by: str,
+    where: str | None = None,
+    basis: str | os.PathLike | None = None,
+    bins: int = DEFAULT_BINS,
+    depth_bins: int = DEFAULT_DEPTH_BINS,
+    address: str | None = None,
+    console=None,
+) -> int:
+    """`filterdb shifts`: run the analysis, write the tables, print the matrix; exit status 2 with the
+    reason on bad input."""
+    from rich.console import Console
+
+    console = console or Console()
+    try:
+        result = run_shifts(db, by, where=where, basis=basis, bins=bins, depth_bins=depth_bins, address=address)
+    except ShiftInputError as error:
+        Console(stderr=True).print(f"[red]filterdb shifts:[/red] {error}", highlight=False)
+        return 2
+    print_shift_matrix(result, console)
+    console.print(f"tables: {Path(db) / 'analysis'} (basis, histograms, shifts)")
+    return 0

@@ -316,6 +316,13 @@ def test_bad_predicate_says_so(db):
         run_shifts(db, "task", where="task = = 'x'")
 
 
+def test_the_command_reports_bad_input_with_exit_status_2(db, capsys):
+    from flows.shifts import shifts_command
+
+    assert shifts_command(db, "colour") == 2
+    assert "unknown axis" in capsys.readouterr().err
+
+
 def test_missing_db_and_missing_basis_say_what_to_do(tmp_path, db):
     with pytest.raises(ShiftInputError, match="no filters.lance"):
         run_shifts(tmp_path, "task")
