@@ -1,0 +1,158 @@
+"""Benchmark of the layer quality metrics: ops.metrics against torchconvquality 0.3.0.
+
+Both run on the same 3x3 Conv2d layers of randomly initialised timm models (no download) and of a
+small CNN. Each timing is the best of `repeats` interleaved runs, so load from other processes
+hurts both sides alike. torchconvquality runs on CPU only (its orthogonality builds the identity
+on the CPU); ours is also timed on CUDA when there is a GPU.
+
+    python -m flows.bench_quality [--repeats 3] [--arch resnet18,vgg11]
+"""
+
+import argparse
+import math
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+from ops.metrics import quality_of_layers
+from ops.schema import QUALITY_COLUMNS
+
+ARCHITECTURES = (
+    "resnet18",
+    "resnet50",
+    "vgg11",
+    "densenet121",
+    "repvgg_a0",
+    "dla34",
+    "regnetx_002",
+    "mobilenetv2_050",
+    "mobilenetv3_small_100",
+    "efficientnet_b0",
+    "ghostnet_100",
+    "lcnet_050",
+)
+
+
+def small_cnn() -> torch.nn.Module:
+    """A digits-sized CNN (8x8 grey images), the kind the tests train."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 64, 3, padding=1),
+    )
+
+
+def conv3x3_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Weights of every 2-D convolution with a 3x3 kernel (subclasses included), in module order."""
+    return [
+        m.weight.detach()
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d) and tuple(m.kernel_size) == (3, 3)
+    ]
+
+
+def _best_seconds(run, repeats: int, device: torch.device) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _max_abs_diff(ours: list[dict], reference: list[dict]) -> float:
+    """Largest |ours - reference| over all metrics; pairs where both are NaN are equal."""
+    diffs = [
+        0.0 if math.isnan(a[k]) and math.isnan(b[k]) else abs(a[k] - b[k])
+        for a, b in zip(ours, reference)
+        for k in QUALITY_COLUMNS
+    ]
+    return max(diffs, default=0.0)
+
+
+def benchmark_layers(name: str, weights: list[torch.Tensor], repeats: int) -> dict:
+    """Filters/s of both implementations on one set of layers, and their largest disagreement."""
+    import torchconvquality
+
+    cpu = torch.device("cpu")
+    filters = sum(w.shape[0] * w.shape[1] for w in weights)
+    reference = [torchconvquality.measure_conv_weight_quality(w) for w in weights]
+    ours = quality_of_layers(weights)
+    row = {
+        "name": name,
+        "layers": len(weights),
+        "filters": filters,
+        "seconds_torchconvquality": math.inf,
+        "seconds_ours": math.inf,
+        "max_abs_diff": _max_abs_diff(ours, reference),
+    }
+    for _ in range(repeats):  # interleaved, so that load from elsewhere hits both sides
+        row["seconds_torchconvquality"] = min(
+            row["seconds_torchconvquality"],
+            _best_seconds(lambda: [torchconvquality.measure_conv_weight_quality(w) for w in weights], 1, cpu),
+        )
+        row["seconds_ours"] = min(row["seconds_ours"], _best_seconds(lambda: quality_of_layers(weights), 1, cpu))
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        on_gpu = [w.to(gpu) for w in weights]
+        gpu_values = quality_of_layers(on_gpu)
+        row["seconds_ours_cuda"] = _best_seconds(lambda: quality_of_layers(on_gpu), repeats + 1, gpu)
+        row["max_abs_diff_cuda"] = _max_abs_diff(gpu_values, reference)
+    return row
+
+
+def run_quality_benchmark(architectures=ARCHITECTURES, repeats: int = 3, seed: int = 0, show=print) -> dict:
+    """Benchmark every architecture (random init) plus the small CNN; print a table, return the figures.
+
+    Returns {"rows": [one dict per model], "total": the same keys summed over all models}."""
+    import timm
+
+    torch.manual_seed(seed)
+    models = [(name, timm.create_model(name, pretrained=False)) for name in architectures]
+    models.append(("small_cnn", small_cnn()))
+    show(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CUDA: {torch.cuda.is_available()}")
+    header = f"{'model':<24}{'layers':>7}{'filters':>10}{'tcq f/s':>12}{'ours f/s':>12}{'ratio':>7}{'max|diff|':>11}"
+    if torch.cuda.is_available():
+        header += f"{'cuda f/s':>12}{'max|diff|':>11}"
+    show(header)
+    rows = []
+    for name, model in models:
+        row = benchmark_layers(name, conv3x3_weights(model), repeats)
+        rows.append(row)
+        show(_format(row))
+    total = {"name": "total", "max_abs_diff": max(r["max_abs_diff"] for r in rows)}
+    for key in ("layers", "filters", "seconds_torchconvquality", "seconds_ours", "seconds_ours_cuda"):
+        if key in rows[0]:
+            total[key] = sum(r[key] for r in rows)
+    if "max_abs_diff_cuda" in rows[0]:
+        total["max_abs_diff_cuda"] = max(r["max_abs_diff_cuda"] for r in rows)
+    show(_format(total))
+    return {"rows": rows, "total": total}
+
+
+def _format(row: dict) -> str:
+    tcq = row["filters"] / row["seconds_torchconvquality"]
+    ours = row["filters"] / row["seconds_ours"]
+    line = f"{row['name']:<24}{row['layers']:>7}{row['filters']:>10}{tcq:>12.3g}{ours:>12.3g}{ours / tcq:>7.1f}{row['max_abs_diff']:>11.1e}"
+    if "seconds_ours_cuda" in row:
+        line += f"{row['filters'] / row['seconds_ours_cuda']:>12.3g}{row['max_abs_diff_cuda']:>11.1e}"
+    return line
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side; the best counts")
+    parser.add_argument("--arch", default=",".join(ARCHITECTURES), help="comma-separated timm model names")
+    args = parser.parse_args(argv)
+    run_quality_benchmark(tuple(a for a in args.arch.split(",") if a), repeats=args.repeats)
+
+
+if __name__ == "__main__":
+    main()
