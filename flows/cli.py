@@ -41,7 +41,23 @@ def _bench_extract(args) -> int:
     return 1 if any(r["failed"] for r in results) else 0
 
 
+def _quality(args) -> int:
+    from flows.quality import backfill_metrics, print_report, quality_report, write_report
+    from ops.metrics import DegeneracyThresholds
+
+    if args.backfill:
+        print(f"recomputed the metrics of {backfill_metrics(args.db, eps=args.eps, device=args.device)} models")
+    thresholds = DegeneracyThresholds(args.sparse, args.low_diversity, args.random_looking)
+    per_model, worst = quality_report(args.db, args.where, thresholds)
+    if args.out:
+        write_report(per_model, args.out)
+    print_report(per_model, worst, thresholds, top=args.top, as_json=args.format == "json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ops.metrics import DegeneracyThresholds
+
     parser = argparse.ArgumentParser(prog="filterdb", description=__doc__.splitlines()[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -72,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, default=2, help="training seeds per architecture and data set")
     demo.add_argument("--epochs", type=int, default=3, help="training epochs per model")
     demo.set_defaults(run=_demo)
+    defaults = DegeneracyThresholds()
+    quality = commands.add_parser("quality", help="degenerated layers per model (sparse, low diversity, random-looking)")
+    quality.add_argument("--db", required=True, help="DB folder")
+    quality.add_argument("--where", help="SQL predicate over layer and model columns, e.g. \"family = 'resnet'\"")
+    quality.add_argument("--sparse", type=float, default=defaults.sparse, help="sparse layer: sparsity above this")
+    quality.add_argument("--low-diversity", type=float, default=defaults.low_diversity,
+                         help="low-diversity layer: variance_entropy_norm below this")
+    quality.add_argument("--random-looking", type=float, default=defaults.random_looking,
+                         help="random-looking layer: variance_entropy_norm above this")
+    quality.add_argument("--top", type=int, default=15, help="rows of the ranked lists")
+    quality.add_argument("--out", help="write the per-model table (.lance, .parquet or .csv)")
+    quality.add_argument("--format", choices=("table", "json"), default="table")
+    quality.add_argument("--backfill", action="store_true", help="first recompute the stored metrics from the filters")
+    quality.add_argument("--eps", type=float, default=0.01, help="sparsity threshold eps (with --backfill)")
+    quality.add_argument("--device", default="cpu", help="torch device for --backfill")
+    quality.set_defaults(run=_quality)
+
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     bench_kinds = bench.add_subparsers(dest="kind", required=True)
     bench_extract = bench_kinds.add_parser("extract", help="single-process loop vs Ray pipeline with 1 and 2 actors")

@@ -1,0 +1,151 @@
+"""`filterdb quality`: per-model degeneracy of the stored 3x3 layers, and the back-fill of metrics.
+
+Selection is SQL (DuckDB) over `layers` joined with the `ok` rows of `models`, so `--where` can
+name any layer or model column (`family = 'resnet' AND conv_depth_norm > 0.5`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ops.metrics import DegeneracyThresholds, classify_layer, quality_of_layers
+from ops.schema import QUALITY_COLUMNS
+from ops.store import FilterDB, sql_list
+
+LABELS = ("sparse", "low_diversity", "random_looking")
+
+
+def select_layers(db: FilterDB, where: str | None = None) -> pd.DataFrame:
+    """3x3 layers of complete models, with the models' columns, filtered by a SQL predicate."""
+    layers = db.dataset("layers")
+    if layers is None:
+        raise ValueError(f"{db.path}: no layers.lance: run `filterdb extract` first")
+    layers = layers.to_table()
+    models = db.models(where="status = 'ok'").drop_columns(["n_conv_layers", "depth_method"])
+    models = models.drop_columns([c for c in models.column_names if c in layers.column_names and c != "model_id"])
+    query = "SELECT * FROM layers JOIN models USING (model_id) WHERE kernel_h = 3 AND kernel_w = 3"
+    if where:
+        query += f" AND ({where})"
+    try:
+        return duckdb.sql(query).df()
+    except duckdb.Error as error:
+        raise ValueError(f"--where {where!r}: {str(error).splitlines()[0]}") from None
+
+
+def quality_report(db_path: str, where: str | None = None,
+                   thresholds: DegeneracyThresholds = DegeneracyThresholds()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-model shares of degenerated layers, ranked worst first; every labelled layer)."""
+    layers = select_layers(FilterDB(db_path), where)
+    labels = [classify_layer(row, thresholds) for row in layers[list(QUALITY_COLUMNS)].to_dict("records")]
+    for label in LABELS:
+        layers[label] = [label in labelled for labelled in labels]
+    layers["degenerated"] = layers[list(LABELS)].any(axis=1)
+    per_model = (
+        layers.groupby("model_id")
+        .agg(n_3x3_layers=("layer_index", "size"), share_sparse=("sparse", "mean"),
+             share_low_diversity=("low_diversity", "mean"), share_random_looking=("random_looking", "mean"),
+             share_degenerated=("degenerated", "mean"), mean_sparsity=("sparsity", "mean"),
+             mean_variance_entropy_norm=("variance_entropy_norm", "mean"))
+        .reset_index()
+        .sort_values(["share_degenerated", "share_sparse", "model_id"], ascending=[False, False, True])
+    )
+    columns = ["model_id", "layer_index", "layer_name", "kind", "conv_depth_norm", "n_filters", *QUALITY_COLUMNS, *LABELS]
+    worst = layers[layers["degenerated"]][columns].sort_values(
+        ["sparsity", "variance_entropy_norm"], ascending=[False, True])
+    return per_model.reset_index(drop=True), worst.reset_index(drop=True)
+
+
+def write_report(per_model: pd.DataFrame, out: str) -> None:
+    """Per-model report as .lance, .parquet or .csv, by the file's suffix."""
+    suffix = Path(out).suffix.lower()
+    table = pa.Table.from_pandas(per_model, preserve_index=False)
+    if suffix == ".lance":
+        import lance
+
+        lance.write_dataset(table, out, mode="overwrite")
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, out)
+    elif suffix == ".csv":
+        per_model.to_csv(out, index=False)
+    else:
+        raise ValueError(f"--out {out}: unknown format (use .lance, .parquet or .csv)")
+
+
+def print_report(per_model: pd.DataFrame, worst: pd.DataFrame, thresholds: DegeneracyThresholds,
+                 top: int = 15, as_json: bool = False) -> None:
+    if as_json:
+        print(json.dumps({"thresholds": asdict(thresholds), "models": per_model.to_dict("records"),
+                          "worst_layers": worst.head(top * 3).to_dict("records")}, default=_json_default))
+        return
+    console = Console(width=160)
+    table = Table(title=f"degenerated 3x3 layers per model (thresholds: {asdict(thresholds)})")
+    for column in ("model", "3x3 layers", "sparse", "low diversity", "random-looking", "degenerated"):
+        table.add_column(column, justify="right" if column != "model" else "left")
+    for row in per_model.head(top).itertuples():
+        table.add_row(row.model_id, str(row.n_3x3_layers), f"{row.share_sparse:.0%}", f"{row.share_low_diversity:.0%}",
+                      f"{row.share_random_looking:.0%}", f"{row.share_degenerated:.0%}")
+    console.print(table)
+    layers = Table(title="most degenerated layers")
+    for column in ("model", "layer", "kind", "filters", "sparsity", "VE norm", "labels"):
+        layers.add_column(column)
+    for row in worst.head(top).itertuples():
+        labels = ", ".join(label for label in LABELS if getattr(row, label))
+        layers.add_row(row.model_id, f"{row.layer_index} {row.layer_name}", row.kind, str(row.n_filters),
+                       f"{row.sparsity:.2f}", f"{row.variance_entropy_norm:.2f}", labels)
+    console.print(layers)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    return str(value)
+
+
+def backfill_metrics(db_path: str, eps: float = 0.01, device: str = "cpu") -> int:
+    """Recompute the metrics of every stored 3x3 layer from `filters` and rewrite `layers` in one commit."""
+    db = FilterDB(db_path)
+    filters, layers = db.dataset("filters"), db.dataset("layers")
+    table = layers.to_table()
+    metrics = {name: table.column(name).to_pylist() for name in QUALITY_COLUMNS}
+    position = {key: i for i, key in enumerate(zip(table.column("model_id").to_pylist(),
+                                                   table.column("layer_index").to_pylist()))}
+    ok = db.models(columns=["model_id"], where="status = 'ok'").column("model_id").to_pylist()
+    for model_id in ok:
+        rows = filters.to_table(columns=["layer_index", "out_index", "in_index", "kind", "weights"],
+                                filter=f"model_id IN {sql_list([model_id])}")
+        keys, weights = _layer_weights(rows)
+        for key, quality in zip(keys, quality_of_layers(weights, eps=eps, device=device)):
+            for name in QUALITY_COLUMNS:
+                metrics[name][position[(model_id, key)]] = quality[name]
+    for name in QUALITY_COLUMNS:
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(metrics[name], pa.float64()))
+    import lance
+
+    lance.write_dataset(table, db.uri("layers"), mode="overwrite", schema=layers.schema)
+    return len(ok)
+
+
+def _layer_weights(rows: pa.Table) -> tuple[list[int], list[torch.Tensor]]:
+    """Per layer, the (d0, d1, 3, 3) weight as stored, rebuilt from its filter rows."""
+    frame = rows.to_pandas()
+    keys, weights = [], []
+    for layer_index, group in frame.groupby("layer_index", sort=True):
+        transposed = group["kind"].iloc[0] == "transposed"
+        dim0, dim1 = ("in_index", "out_index") if transposed else ("out_index", "in_index")
+        group = group.sort_values([dim0, dim1])
+        shape = (int(group[dim0].max()) + 1, int(group[dim1].max()) + 1, 3, 3)
+        keys.append(int(layer_index))
+        weights.append(torch.from_numpy(np.stack(group["weights"].to_numpy()).astype(np.float32).reshape(shape)))
+    return keys, weights
