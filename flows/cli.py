@@ -31,7 +31,7 @@ def _catalog_timm(args) -> int:
 def _demo(args) -> int:
     from flows.demo import run_demo
 
-    return run_demo(args.out, seeds=args.seeds, epochs=args.epochs)
+    return run_demo(args.out, seeds=args.seeds, epochs=args.epochs, quick=args.quick)
 
 
 def _bench_extract(args) -> int:
@@ -53,6 +53,24 @@ def _quality(args) -> int:
         write_report(per_model, args.out)
     print_report(per_model, worst, thresholds, top=args.top, as_json=args.format == "json")
     return 0
+
+
+def _shifts(args) -> int:
+    from flows.shifts import shifts_command
+
+    return shifts_command(args.db, args.by, where=args.where, basis=args.basis, bins=args.bins,
+                          depth_bins=args.depth_bins, address=args.address)
+
+
+def _bench_module(module: str):
+    """`filterdb bench quality|shifts ARGS` hands ARGS to that benchmark's own parser."""
+
+    def run(args) -> int:
+        import importlib
+
+        return importlib.import_module(module).main(args.args) or 0
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="folder for models, catalog and DB")
     demo.add_argument("--seeds", type=int, default=2, help="training seeds per architecture and data set")
     demo.add_argument("--epochs", type=int, default=3, help="training epochs per model")
+    demo.add_argument("--quick", action="store_true", help="a few barely trained models (smoke test)")
     demo.set_defaults(run=_demo)
     defaults = DegeneracyThresholds()
     quality = commands.add_parser("quality", help="degenerated layers per model (sparse, low diversity, random-looking)")
@@ -105,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--device", default="cpu", help="torch device for --backfill")
     quality.set_defaults(run=_quality)
 
+    shifts = commands.add_parser("shifts", help="distribution shifts of the filters between groups (PCA + KL)")
+    shifts.add_argument("--db", required=True, help="DB folder")
+    shifts.add_argument("--by", required=True,
+                        help="axis: a meta-parameter column, model_id, depth, or any models.lance column")
+    shifts.add_argument("--where", help="SQL predicate over filters columns (transposed layers excluded unless named)")
+    shifts.add_argument("--basis", help="reuse the basis stored in this DB folder or basis.lance")
+    shifts.add_argument("--bins", type=int, default=70, help="histogram bins per component (the study: 70)")
+    shifts.add_argument("--depth-bins", type=int, default=10, help="bins of conv_depth_norm for --by depth")
+    shifts.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address")
+    shifts.set_defaults(run=_shifts)
+
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     bench_kinds = bench.add_subparsers(dest="kind", required=True)
     bench_extract = bench_kinds.add_parser("extract", help="single-process loop vs Ray pipeline with 1 and 2 actors")
@@ -112,11 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench_extract.add_argument("--demo-catalog", help="also extract these models (e.g. demo_out/catalog.csv)")
     bench_extract.add_argument("--workdir", help="folder for the benchmark DBs (default: a temporary folder)")
     bench_extract.set_defaults(run=_bench_extract)
+    for name, module, text in (("quality", "flows.bench_quality", "our layer metrics vs torchconvquality"),
+                               ("shifts", "flows.bench_shifts", "shift flow vs numpy, the study's recipe, the Lance scan")):
+        sub = bench_kinds.add_parser(name, help=f"{text} (--help after the name for its options)", add_help=False)
+        sub.set_defaults(run=_bench_module(module), forwards_arguments=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "forwards_arguments", False):
+        args.args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.run(args)
 
 

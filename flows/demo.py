@@ -109,6 +109,18 @@ def describe(record: dict) -> str:
     return f"test MSE {m['test_mse']:.4f} (noisy input {m['noisy_mse']:.4f})"
 
 
+def analyse_demo_db(db: str) -> None:
+    """The study's two findings on the zoo: degenerated layers, and shifts by visual category and depth."""
+    from flows.quality import print_report, quality_report
+    from flows.shifts import print_shift_matrix, run_shifts
+    from ops.metrics import DegeneracyThresholds
+
+    per_model, worst = quality_report(db)
+    print_report(per_model, worst, DegeneracyThresholds(), top=10)
+    for axis in ("visual_category", "depth"):
+        print_shift_matrix(run_shifts(db, axis, progress=False))
+
+
 def run_demo(out: str, seeds: int = 2, epochs: int = 3, quick: bool = False) -> int:
     """Train (or reuse) the zoo under `out/models`, write `out/catalog.csv`, extract into `out/db`.
 
@@ -159,6 +171,7 @@ def run_demo(out: str, seeds: int = 2, epochs: int = 3, quick: bool = False) -> 
     catalog = out_dir / "catalog.csv"
     write_catalog(rows, catalog)
     summary = extract_catalog(str(catalog), str(out_dir / "db"))
+    analyse_demo_db(str(out_dir / "db"))
     print(f"models:  {models_dir}/<model_id>/ ({', '.join(FORMATS)})\n"
           f"catalog: {catalog} ({len(rows)} rows; `@<format>` rows repeat {copied.model_id} in the other formats)\n"
           f"DB:      {out_dir / 'db'} (models.lance, layers.lance, filters.lance)")
