@@ -131,6 +131,8 @@ def test_variance_entropy_matches_numpy_svd():
         torch.randn(5000, 1, 3, 3),  # above one float32 block of the scatter matrix
         (torch.randn(600, 8, 1) * pattern + 0.01 * torch.randn(600, 8, 9)).view(600, 8, 3, 3),
         torch.randn(40, 40, 3, 3) * torch.tensor([3.0, 1, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0]).view(3, 3),
+        # more than one chunk of the CPU pass, the first chunk far from the others
+        torch.cat([0.1 * torch.randn(16384, 9) + 1, 0.1 * torch.randn(30000, 9) - 1]).view(-1, 1, 3, 3),
     ]
     for W in layers:
         n = W.shape[0] * W.shape[1]
@@ -225,7 +227,7 @@ def test_nine_or_fewer_filters_match_numpy_svd():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_identical_filters_have_zero_entropy_where_torchconvquality_gives_nan(dtype):
-    W = torch.randn(1, 1, 3, 3, dtype=dtype).expand(40, 25, 3, 3).contiguous()
+    W = torch.randn(1, 1, 3, 3, dtype=dtype).expand(200, 100, 3, 3).contiguous()  # more than one CPU chunk
     q = layer_quality(W)
     assert q["variance_entropy"] == 0.0 and q["variance_entropy_norm"] == 0.0
     assert q["variance_entropy_clean"] == 0.0
