@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ops.schema import FILTERS_SCHEMA, META_COLUMNS
+from ops.schema import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS
 
 DEFAULT_CACHE = Path(os.environ.get("FILTERDB_BENCH_CACHE", Path.home() / ".cache" / "filterdb" / "bench"))
 FRAGMENT_ROWS = 1 << 18
@@ -98,22 +98,46 @@ def _table(rng: np.random.Generator, first_model: int, n_models: int, n_rows: in
 
 def synthetic_db(n_filters: int, cache: Path = DEFAULT_CACHE, seed: int = 0) -> Path:
     """A DB folder with a synthetic filters.lance of n_filters rows (models of ~50k filters, 12 layers,
-    meta columns per model); generated once, then reused."""
+    meta columns per model) and the matching layers.lance; generated once, then reused."""
     db = Path(cache) / f"shifts_{n_filters}"
-    uri = db / "filters.lance"
-    if uri.exists() and lance.dataset(str(uri)).count_rows() == n_filters:
+    uri, layers_uri = db / "filters.lance", db / "layers.lance"
+    if layers_uri.exists() and uri.exists() and lance.dataset(str(uri)).count_rows() == n_filters:
         return db
     db.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     n_models = max(1, n_filters // FILTERS_PER_MODEL)
-    mode = "overwrite"
+    mode, layers = "overwrite", {}
     for start in range(0, n_filters, FRAGMENT_ROWS):
         rows = min(FRAGMENT_ROWS, n_filters - start)
         first, last = start * n_models // n_filters, min(n_models - 1, (start + rows - 1) * n_models // n_filters)
         table = _table(rng, first, last - first + 1, rows)
         lance.write_dataset(table, str(uri), mode=mode, max_rows_per_file=FRAGMENT_ROWS)
         mode = "append"
+        keys = table.group_by(["model_id", "layer_index", "kind", "conv_depth", "conv_depth_norm"]).aggregate([("out_index", "count")])
+        for row in keys.to_pylist():
+            key = (row["model_id"], row["layer_index"])
+            previous = layers.get(key, {"n_filters": 0})
+            layers[key] = {**row, "n_filters": previous["n_filters"] + row["out_index_count"]}
+    lance.write_dataset(_layers_table(list(layers.values())), str(layers_uri), mode="overwrite")
     return db
+
+
+def _layers_table(rows: list[dict]) -> pa.Table:
+    n = len(rows)
+    columns = {
+        "model_id": [r["model_id"] for r in rows],
+        "layer_index": [r["layer_index"] for r in rows],
+        "layer_name": [f"layer{r['layer_index']}" for r in rows],
+        "kind": [r["kind"] for r in rows],
+        "kernel_h": [3] * n,
+        "kernel_w": [3] * n,
+        "conv_depth": [r["conv_depth"] for r in rows],
+        "conv_depth_norm": [r["conv_depth_norm"] for r in rows],
+        "depth_method": ["synthetic"] * n,
+        "n_filters": [r["n_filters"] for r in rows],
+    }
+    columns.update({name: [1] * n for name in ("in_channels", "out_channels", "groups")})
+    return pa.table({f.name: pa.array(columns.get(f.name, [None] * n), f.type) for f in LAYERS_SCHEMA}, schema=LAYERS_SCHEMA)
 
 
 # --- the contenders --------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,6 +213,22 @@ def _fold(dataset, block_fn, initial, **kwargs):
     return result
 
 
+@contextmanager
+def _data_context(progress: bool):
+    """Ray Data settings of the passes, restored afterwards. Each pass is one fused operator (read +
+    aggregate) whose outputs are a few KB: the share of resources Ray Data otherwise reserves for
+    downstream operators only halves the parallelism (one task at a time on 2 CPUs)."""
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    saved = context.enable_progress_bars, context.op_resource_reservation_enabled
+    context.enable_progress_bars, context.op_resource_reservation_enabled = progress, False
+    try:
+        yield
+    finally:
+        context.enable_progress_bars, context.op_resource_reservation_enabled = saved
+
+
 def run_shifts(
     db: str | os.PathLike,
     by: str,
@@ -249,7 +266,6 @@ def run_shifts(
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = progress
 
     # A few read tasks per CPU, each a group of whole fragments passed on as whole blocks: Ray's
     # default cuts blocks into pieces of a few thousand rows, where per-block overhead dominates.
@@ -264,13 +280,14 @@ def run_shifts(
                 override_num_blocks=n_tasks, concurrency=concurrency,
             )
 
-    if stored is None:
-        found = _fold(read(["weights"]), _moments_of_block, Moments()).basis()
-        value_range = _fold(read(["weights"]), _range_of_block, CoefficientRange(), basis=found)
-        basis_selection = predicate
-    else:
-        found, value_range, basis_selection = stored.basis, stored.value_range, stored.selection
-    histograms = _fold(read(["weights", axis.column]), _histograms_of_block, Histograms.empty(value_range, bins), axis=axis, basis=found, value_range=value_range, bins=bins)
+    with _data_context(progress):
+        if stored is None:
+            found = _fold(read(["weights"]), _moments_of_block, Moments()).basis()
+            value_range = _fold(read(["weights"]), _range_of_block, CoefficientRange(), basis=found)
+            basis_selection = predicate
+        else:
+            found, value_range, basis_selection = stored.basis, stored.value_range, stored.selection
+        histograms = _fold(read(["weights", axis.column]), _histograms_of_block, Histograms.empty(value_range, bins), axis=axis, basis=found, value_range=value_range, bins=bins)
     if not histograms.counts:
         raise ShiftInputError(f"no filters match {predicate!r} in {uri}")
     result = ShiftResult.of(by, found, value_range, histograms, order=axis.order(), selection=predicate, basis_selection=basis_selection, db_version=version)
