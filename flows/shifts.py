@@ -119,7 +119,7 @@ def _check_selection(filters: lance.LanceDataset, predicate: str | None, where: 
     except Exception as error:  # noqa: BLE001 - Lance raises several types for a bad predicate
         raise ShiftInputError(f"bad predicate {where!r}: {error}. Write a SQL condition on filters.lance columns, e.g. \"task = 'classification' AND conv_depth_norm <= 0.5\"") from None
     if found == 0:
-        raise ShiftInputError(f"no filters match {predicate!r} in {filters.uri}: relax --where or check the DB")
+        raise ShiftInputError(f"no filters match {predicate or 'all filters'!r} in {filters.uri}: relax --where or check the DB")
 
 
 # --- stored bases ----------------------------------------------------------------------------------
@@ -136,7 +136,7 @@ class StoredBasis:
 def load_basis(source: str | os.PathLike, selection: str | None = None) -> StoredBasis:
     """A basis and its coefficient range from a basis.lance table (or a DB folder holding
     analysis/basis.lance), the one computed over `selection` (default: the only one stored, or else
-    the one over the default selection)."""
+    the one over the whole default selection)."""
     path = Path(source)
     if (path / "analysis" / "basis.lance").exists():
         path = path / "analysis" / "basis.lance"
@@ -146,7 +146,8 @@ def load_basis(source: str | os.PathLike, selection: str | None = None) -> Store
         raise ShiftInputError(f"no stored basis at {source}: give a DB folder with analysis/basis.lance (written by an earlier `filterdb shifts`) or a basis.lance path") from None
     stored = sorted(set(table.column("selection").to_pylist()))
     if selection is None:
-        selection = stored[0] if len(stored) == 1 else DEFAULT_SELECTION
+        whole = [s for s in stored if s in ("", DEFAULT_SELECTION)]  # "": a DB without transposed layers
+        selection = stored[0] if len(stored) == 1 else whole[0] if whole else DEFAULT_SELECTION
     if selection not in stored:
         raise ShiftInputError(f"{path} holds no basis computed over {selection!r}; it has: {stored}")
     rows = table.filter(pc.equal(table.column("selection"), selection)).sort_by("component")
@@ -161,11 +162,11 @@ def load_basis(source: str | os.PathLike, selection: str | None = None) -> Store
     return StoredBasis(basis, value_range, selection, int(rows.column("db_version")[0].as_py()))
 
 
-def _stored_for(db: Path, selection: str, version: int) -> StoredBasis | None:
+def _stored_for(db: Path, selection: str | None, version: int) -> StoredBasis | None:
     """The basis stored for exactly this selection of this version of the DB, if any: the same data,
     hence the same numbers, without two passes."""
     try:
-        stored = load_basis(db / "analysis" / "basis.lance", selection)
+        stored = load_basis(db / "analysis" / "basis.lance", selection or "")
     except ShiftInputError:
         return None
     return stored if stored.db_version == version else None
@@ -237,6 +238,7 @@ def run_shifts(
     bins: int = DEFAULT_BINS,
     depth_bins: int = DEFAULT_DEPTH_BINS,
     address: str | None = None,
+    basis_selection: str | None = None,
     write: bool = True,
     reuse: bool = True,
     concurrency: int | None = None,
@@ -246,7 +248,8 @@ def run_shifts(
     """Shift analysis of the filters in `db` between the groups of `by` (a filters.lance column,
     'depth', or a models.lance column), over the filters matching `where` (SQL; transposed layers are
     left out unless it names `kind`). `basis` reuses the basis and coefficient range stored in a DB
-    folder / basis.lance so that analyses of subsets stay comparable; without it, a basis stored for
+    folder / basis.lance so that analyses of subsets stay comparable (`basis_selection` picks one
+    of several stored there); without it, a basis stored for
     the same selection of the same DB version is reused (`reuse`), which skips passes 1 and 2. Writes
     DIR/analysis/ tables unless write=False. `concurrency` caps the parallel read+aggregate tasks."""
     db = Path(db)
@@ -260,7 +263,7 @@ def run_shifts(
     axis = resolve_axis(db, by, depth_bins)
     predicate = selection_predicate(where, has_transposed=_has_transposed(db, filters))
     _check_selection(filters, predicate, where)
-    stored = load_basis(basis) if basis is not None else _stored_for(db, predicate, version) if reuse else None
+    stored = load_basis(basis, basis_selection) if basis is not None else _stored_for(db, predicate, version) if reuse else None
 
     import ray
 
