@@ -57,10 +57,12 @@ def entropy_floor(n: torch.Tensor) -> torch.Tensor:
 
 
 class _Summary(NamedTuple):
-    count: torch.Tensor  # number of filters, float64
-    peak: torch.Tensor  # max |w|
-    scatter: torch.Tensor  # (k, k) float64: X^T X of X = (F - mean) * scale
-    sparse: torch.Tensor  # bool (n,): every |w| of the filter < eps * peak; all, if peak == 0
+    """What one pass over a batch of B layers' filters gives, per layer."""
+
+    count: torch.Tensor  # (B,) float64: filters per layer
+    peak: torch.Tensor  # (B,) max |w|
+    scatter: torch.Tensor  # (B, k, k) float64: X^T X of X = (F - mean) * scale
+    sparse: torch.Tensor  # (B, n) bool: every |w| of the filter < eps * peak; all, if peak == 0
 
 
 def _filters(W: torch.Tensor) -> torch.Tensor:
@@ -84,51 +86,53 @@ def _sparse_threshold(peak: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _gram(X: torch.Tensor) -> torch.Tensor:
-    """X^T X in float64: float32 products summed per GRAM_BLOCK rows, the blocks summed in float64.
-
-    Float64 input, and the last n % GRAM_BLOCK rows, are multiplied in float64."""
-    n, k = X.shape
-    head = n - n % GRAM_BLOCK if X.dtype == torch.float32 else 0
-    tail = X[head:].double()
-    gram = tail.T @ tail
+    """X^T X of each (m, k) matrix of X (B, m, k), in float64: float32 products summed per
+    GRAM_BLOCK rows, the blocks summed in float64. Float64 input, and the last m % GRAM_BLOCK
+    rows, are multiplied in float64."""
+    B, m, k = X.shape
+    head = m - m % GRAM_BLOCK if X.dtype == torch.float32 else 0
+    tail = X[:, head:].double()
+    gram = tail.transpose(1, 2) @ tail
     if head:
-        blocks = X[:head].view(-1, GRAM_BLOCK, k)
-        gram += (blocks.transpose(1, 2) @ blocks).sum(0, dtype=torch.float64)
+        blocks = X[:, :head].reshape(-1, GRAM_BLOCK, k)
+        gram += (blocks.transpose(1, 2) @ blocks).view(B, -1, k, k).sum(1, dtype=torch.float64)
     return gram
 
 
 def _filter_peaks(part: torch.Tensor) -> torch.Tensor:
-    """max |w| of each row; max_pool1d over the flat rows is twice as fast as amax(dim=1) on CPU."""
-    return torch.nn.functional.max_pool1d(part.abs().view(1, 1, -1), part.shape[1]).view(-1)
+    """max |w| of each filter of part (B, m, k); max_pool1d over the flat rows is twice as fast
+    as amax(dim=-1) on CPU."""
+    B, m, k = part.shape
+    return torch.nn.functional.max_pool1d(part.abs().view(B, 1, m * k), k).view(B, m)
 
 
 def _summarise(F: torch.Tensor, eps: float) -> _Summary:
-    """One read of max |w|, then one pass over the filters, chunk by chunk (one chunk on CUDA):
-    each chunk is shifted by the first chunk's mean and scaled (X), its column sums and X^T X are
-    added up, and its sparse filters found. scatter = sum X^T X - (sum X)(sum X)^T / n: the shift
-    is close to the mean, so nothing cancels. The first chunk's mean is summed in float64, so
-    identical float32 filters centre to exact zeros."""
-    n, k = F.shape
-    count = torch.full((), n, dtype=torch.float64, device=F.device)
+    """One read for max |w|, then one pass over the filters F (B, n, k), chunk by chunk of
+    FILTER_CHUNK filters on CPU (one chunk on CUDA): each chunk is shifted by the first chunk's
+    mean and scaled (X), its column sums and X^T X are added up, and its sparse filters found.
+    scatter = sum X^T X - (sum X)(sum X)^T / n; the shift is near the mean, so little cancels.
+    The first chunk's mean is summed in float64: identical float32 filters centre to exact zeros."""
+    B, n, k = F.shape
+    count = torch.full((B,), n, dtype=torch.float64, device=F.device)
     if n == 0:
-        zero = torch.zeros((), dtype=F.dtype, device=F.device)
-        return _Summary(count, zero, torch.zeros(k, k, dtype=torch.float64, device=F.device), F[:, 0] != 0)
-    low, high = torch.aminmax(F)
+        zero = torch.zeros(B, dtype=F.dtype, device=F.device)
+        return _Summary(count, zero, torch.zeros(B, k, k, dtype=torch.float64, device=F.device), F[..., 0] != 0)
+    low, high = torch.aminmax(F.reshape(B, -1), dim=1)
     peak = torch.maximum(high, -low)
-    scale = _power_of_two_scale(peak)
-    threshold = _sparse_threshold(peak, eps)
-    parts = F.split(FILTER_CHUNK if F.device.type == "cpu" else n)
-    shift = -(parts[0].sum(0, dtype=torch.float64) / len(parts[0])).to(F.dtype) * scale
-    sums = torch.zeros(k, dtype=torch.float64, device=F.device)
-    products = torch.zeros(k, k, dtype=torch.float64, device=F.device)
+    scale = _power_of_two_scale(peak)[:, None, None]
+    threshold = _sparse_threshold(peak, eps)[:, None]
+    parts = F.split(FILTER_CHUNK if F.device.type == "cpu" else n, dim=1)
+    shift = -(parts[0].sum(1, dtype=torch.float64) / parts[0].shape[1]).to(F.dtype)[:, None, :] * scale
+    sums = torch.zeros(B, k, dtype=torch.float64, device=F.device)
+    products = torch.zeros(B, k, k, dtype=torch.float64, device=F.device)
     sparse = []
     for part in parts:
         X = torch.addcmul(shift, part, scale)
-        sums += X.sum(0)
+        sums += X.sum(1)
         products += _gram(X)
         sparse.append(_filter_peaks(part) < threshold)
-    scatter = products - torch.outer(sums, sums) / n
-    return _Summary(count, peak, scatter, torch.cat(sparse) | (peak == 0))
+    scatter = products - sums[:, :, None] * sums[:, None, :] / n
+    return _Summary(count, peak, scatter, torch.cat(sparse, dim=1) | (peak == 0)[:, None])
 
 
 def _variance_entropy_of(scatter: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -150,33 +154,45 @@ def _normalised(entropy: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 
 
 def _orthogonality_of(F: torch.Tensor, rows: int, peak: torch.Tensor) -> torch.Tensor:
-    """1 - mean |cosine| between distinct rows of F reshaped to rows x rest; zero rows stay zero.
+    """1 - mean |cosine| between distinct rows, for each layer of F (B, n, k) reshaped to
+    (B, rows, n*k/rows); zero rows stay zero. NaN for one row or an all-zero layer.
 
     The cosine matrix is symmetric: it is summed in blocks of rows over the upper triangle only.
     Rows shorter than their number (depthwise layers) are normalised first, otherwise each block
-    of dot products is divided by the two rows' norms. NaN for one row or an all-zero layer."""
+    of dot products is divided by the two rows' norms."""
+    B = F.shape[0]
     if rows < 2:
-        return torch.full((), math.nan, dtype=torch.float64, device=F.device)
-    W = F.reshape(rows, -1)
-    if not 2.0**-40 < peak.item() < 2.0**40:  # their squares would under- or overflow in float32
-        W = W * _power_of_two_scale(peak)
-    norms = torch.linalg.vector_norm(W, dim=1)
+        return torch.full((B,), math.nan, dtype=torch.float64, device=F.device)
+    W = F.reshape(B, rows, -1)
+    if not ((2.0**-40 < peak) & (peak < 2.0**40)).all().item():  # squares would under-/overflow
+        W = W * _power_of_two_scale(peak)[:, None, None]
+    norms = torch.linalg.vector_norm(W, dim=2)
     norms = torch.where(norms > 0, norms, 1.0)
-    if W.shape[1] < rows:
-        W, norms = W / norms[:, None], torch.ones_like(norms)
-    total = torch.zeros((), dtype=torch.float64, device=F.device)
+    if W.shape[2] < rows:
+        W, norms = W / norms[:, :, None], torch.ones_like(norms)
+    total = torch.zeros(B, dtype=torch.float64, device=F.device)
     for start in range(0, rows, COSINE_BLOCK):
         end = min(start + COSINE_BLOCK, rows)
-        cosines = (W[start:end] @ W[start:].T).div_(norms[start:end, None]).div_(norms[None, start:])
-        cosines[:, : end - start].diagonal().sub_(1)  # the block's square on the diagonal, minus I
+        cosines = W[:, start:end] @ W[:, start:].transpose(1, 2)
+        cosines.div_(norms[:, start:end, None]).div_(norms[:, None, start:])
+        cosines[:, :, : end - start].diagonal(dim1=1, dim2=2).sub_(1)  # the square on the diagonal, minus I
         cosines.abs_()
-        total += cosines[:, : end - start].sum() + 2 * cosines[:, end - start :].sum()
+        total += cosines[:, :, : end - start].sum((1, 2)) + 2 * cosines[:, :, end - start :].sum((1, 2))
     return torch.where(peak > 0, 1 - total / (rows * (rows - 1)), math.nan)
+
+
+def _summary_of(W: torch.Tensor, eps: float) -> _Summary:
+    return _summarise(_filters(W)[None], eps)
+
+
+def _clean_summary_of(W: torch.Tensor, eps: float) -> _Summary:
+    F = _filters(W)[None]
+    return _summarise(F[:, ~_summarise(F, eps).sparse[0]], eps)
 
 
 def sparsity(W: torch.Tensor, eps: float = 0.01) -> float:
     """Share of filters whose nine |w| are all < eps * max|W|. An all-zero layer: 1."""
-    sparse = _summarise(_filters(W), eps).sparse
+    sparse = _summary_of(W, eps).sparse
     return (sparse.sum().double() / sparse.numel()).item()
 
 
@@ -185,30 +201,25 @@ def variance_entropy(W: torch.Tensor) -> float:
 
     0 (one structure) .. log10(9) (all directions alike); 0 for one filter, identical filters or
     an all-zero layer."""
-    s = _summarise(_filters(W), 0.01)
+    s = _summary_of(W, 0.01)
     return _variance_entropy_of(s.scatter, s.count).item()
 
 
 def variance_entropy_norm(W: torch.Tensor) -> float:
     """variance_entropy / h(n): about 1 or more for random filters; NaN for n <= 2 filters."""
-    s = _summarise(_filters(W), 0.01)
+    s = _summary_of(W, 0.01)
     return _normalised(_variance_entropy_of(s.scatter, s.count), s.count).item()
-
-
-def _clean_summary(W: torch.Tensor, eps: float) -> _Summary:
-    F = _filters(W)
-    return _summarise(F[~_summarise(F, eps).sparse], eps)
 
 
 def variance_entropy_clean(W: torch.Tensor, eps: float = 0.01) -> float:
     """variance_entropy of the non-sparse filters; NaN when every filter is sparse."""
-    s = _clean_summary(W, eps)
+    s = _clean_summary_of(W, eps)
     return _variance_entropy_of(s.scatter, s.count).item()
 
 
 def variance_entropy_clean_norm(W: torch.Tensor, eps: float = 0.01) -> float:
     """variance_entropy_norm of the non-sparse filters; NaN when 2 or fewer are left."""
-    s = _clean_summary(W, eps)
+    s = _clean_summary_of(W, eps)
     return _normalised(_variance_entropy_of(s.scatter, s.count), s.count).item()
 
 
@@ -218,42 +229,45 @@ def orthogonality(W: torch.Tensor) -> float:
     1: mutually orthogonal rows; 0: all rows collinear. A zero row counts as orthogonal to the
     others and adds 1 through the diagonal (as torchconvquality does). NaN for one row or an
     all-zero layer."""
-    F = _filters(W)
-    return _orthogonality_of(F, W.shape[0], F.abs().amax()).item()
+    F = _filters(W)[None]
+    return _orthogonality_of(F, W.shape[0], F.abs().amax(dim=(1, 2))).item()
 
 
 def quality_of_layers(weights: list[torch.Tensor], eps: float = 0.01, device=None) -> list[dict]:
     """The six metrics of every layer, as dicts keyed by QUALITY_COLUMNS, in input order.
 
-    Runs on `device` (default: the first weight's). The eigenvalue problems of all layers go to one
-    batched eigvalsh and the results come back in one transfer; on CUDA a layer adds two
-    synchronisations (whether it has sparse filters, and whether its peak needs rescaling)."""
+    Runs on `device` (default: the first weight's). Small layers (up to FILTER_CHUNK filters) of
+    the same shape are stacked and measured as one batch; the eigenvalue problems of all layers
+    go to one batched eigvalsh and the results come back in one transfer. On CUDA each batch
+    synchronises twice (which layers have sparse filters; whether peaks need rescaling)."""
     if not weights:
         return []
     device = torch.device(device) if device is not None else weights[0].device
-    scatters, counts, sparsities, orthogonalities = [], [], [], []
-    for W in weights:
-        F = _filters(W.to(device))
+    batches = {}
+    for i, W in enumerate(weights):
+        small = W.shape[0] * W.shape[1] <= FILTER_CHUNK
+        batches.setdefault((tuple(W.shape), W.dtype) if small else i, []).append(i)
+    rows = [None] * len(weights)
+    for members in batches.values():
+        layers = [_filters(weights[i].to(device)) for i in members]
+        F = torch.stack(layers) if len(layers) > 1 else layers[0][None]  # one layer: a view, no copy
         full = _summarise(F, eps)
-        clean = _summarise(F[~full.sparse], eps) if full.sparse.any() else full
-        scatters += [full.scatter, clean.scatter]
-        counts += [full.count, clean.count]
-        sparsities.append(full.sparse.sum().double() / full.count)
-        orthogonalities.append(_orthogonality_of(F, W.shape[0], full.peak))
-    counts = torch.stack(counts)
-    entropies = _variance_entropy_of(torch.stack(scatters), counts)
+        orthogonalities = _orthogonality_of(F, weights[members[0]].shape[0], full.peak)
+        for b, (i, has_sparse) in enumerate(zip(members, full.sparse.any(1).tolist())):
+            clean = _summarise(F[b : b + 1, ~full.sparse[b]], eps) if has_sparse else None
+            rows[i] = (
+                full.sparse[b].sum().double() / full.count[b],
+                orthogonalities[b],
+                full.scatter[b],
+                full.count[b],
+                clean.scatter[0] if clean else full.scatter[b],
+                clean.count[0] if clean else full.count[b],
+            )
+    sparsities, orthogonalities, scatter, count, clean_scatter, clean_count = (torch.stack(c) for c in zip(*rows))
+    counts = torch.stack([count, clean_count])
+    entropies = _variance_entropy_of(torch.stack([scatter, clean_scatter]), counts)  # (2, layers)
     normalised = _normalised(entropies, counts)
-    table = torch.stack(
-        [
-            torch.stack(sparsities),
-            entropies[0::2],
-            normalised[0::2],
-            entropies[1::2],
-            normalised[1::2],
-            torch.stack(orthogonalities),
-        ],
-        dim=1,
-    )
+    table = torch.stack([sparsities, entropies[0], normalised[0], entropies[1], normalised[1], orthogonalities], 1)
     return [dict(zip(QUALITY_COLUMNS, row)) for row in table.tolist()]
 
 
