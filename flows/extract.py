@@ -201,11 +201,12 @@ def _pipeline(todo: list[CatalogEntry], db_path: str, trust_pickles: bool, actor
         .map_batches(
             ExtractModels,
             batch_size=1,
-            compute=ActorPoolStrategy(size=actors),
+            # one model in flight per actor: a crash loses only the model that caused it
+            compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
             fn_constructor_kwargs=dict(db_path=db_path, trust_pickles=trust_pickles, threads=1),
             num_cpus=1,
             num_gpus=gpus_per_actor,
-            max_task_retries=1,
+            max_task_retries=1,  # Ray Data retries forever by default: a model that kills its worker would hang the run
         )
     )
     for row in results.iter_rows():

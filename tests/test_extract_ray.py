@@ -111,3 +111,24 @@ def test_killed_driver_then_rerun_stores_every_model_once(ray_session, timm_cata
     summary = extract_catalog(str(timm_catalog), str(db), actors=2, progress=False)
     assert len(summary.skipped) == partial
     assert fingerprint(db) == fingerprint(clean_db)
+
+
+def test_model_lost_with_its_worker_is_recorded_failed_and_retried(ray_session, timm_catalog, tmp_path, monkeypatch):
+    """A block whose worker died on every retry never reports back: the driver records the model failed."""
+    import flows.extract
+
+    real_pipeline = flows.extract._pipeline
+
+    def pipeline_losing_one_model(todo, *args):
+        for written in real_pipeline(todo, *args):
+            if written.row["model_id"] != "resnet18-s0":
+                yield written
+
+    monkeypatch.setattr(flows.extract, "_pipeline", pipeline_losing_one_model)
+    summary = extract_catalog(str(timm_catalog), str(tmp_path / "db"), actors=2, progress=False)
+    assert list(summary.failed) == ["resnet18-s0"]
+    assert "worker process died" in summary.failed["resnet18-s0"]
+    assert len(summary.stored) == len(ARCHS) * 2 - 1
+    monkeypatch.setattr(flows.extract, "_pipeline", real_pipeline)
+    again = extract_catalog(str(timm_catalog), str(tmp_path / "db"), actors=2, progress=False)
+    assert again.stored == ["resnet18-s0"] and not again.failed
