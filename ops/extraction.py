@@ -59,7 +59,7 @@ def extract_model(entry: CatalogEntry, trust_pickles: bool = False, device: str 
     row = model_row(entry)
     started = time.perf_counter()
     try:
-        model = load_layers(entry, trust_pickles=trust_pickles)
+        model = load_layers(entry, trust_pickles=trust_pickles, device=device)
         row["load_seconds"] = time.perf_counter() - started
         check_weights(model)
         layers = layers_table(entry.model_id, model, device=device)

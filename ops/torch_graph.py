@@ -96,7 +96,7 @@ def _module_stack(module: nn.Module):
     return stack, handles
 
 
-def trace_convolutions(module: nn.Module, input_size: tuple[int, ...]) -> ModelLayers:
+def trace_convolutions(module: nn.Module, input_size: tuple[int, ...], device: str = "cpu") -> ModelLayers:
     """Convolutions in execution order with graph depths, from one forward pass of a dummy input.
 
     A module whose convolution runs several times is recorded once, at its first call, with the
@@ -105,7 +105,7 @@ def trace_convolutions(module: nn.Module, input_size: tuple[int, ...]) -> ModelL
     name_of_weight = {p.data_ptr(): n.removesuffix(".weight") for n, p in module.named_parameters()}
     stack, handles = _module_stack(module)
     tracker = _DepthTracker(name_of_weight, lambda: stack[-1] if stack else None)
-    x = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
     try:
         with torch.no_grad(), tracker:
             tracker.tags[x] = 0
@@ -140,12 +140,12 @@ def declared_convolutions(module: nn.Module) -> ModelLayers:
     return ModelLayers(layers, "declaration_order")
 
 
-def module_convolutions(module: nn.Module, input_size: tuple[int, ...] | None) -> ModelLayers:
+def module_convolutions(module: nn.Module, input_size: tuple[int, ...] | None, device: str = "cpu") -> ModelLayers:
     """Graph depths when the input size is known and the forward pass runs, else declaration order."""
-    module.eval()
+    module.eval().to(device)
     if input_size is not None:
         try:
-            traced = trace_convolutions(module, tuple(input_size))
+            traced = trace_convolutions(module, tuple(input_size), device)
         except Exception as error:  # a model that cannot run a dummy input still has its weights
             fallback = _fallback(module)
             fallback.notes.append(f"forward pass on input {tuple(input_size)} failed ({error}); depth from order")

@@ -1,6 +1,6 @@
 """Model sources, registered by name like timm's models: each turns a catalog entry into layers.
 
-A source is a function `load(entry, trust_pickles) -> ModelLayers` decorated with
+A source is a function `load(entry, trust_pickles, device) -> ModelLayers` decorated with
 `@register("name", needs_file=...)`. Adding a format means adding one module here.
 """
 
@@ -31,9 +31,11 @@ def register(name: str, needs_file: bool = True, suffixes: tuple[str, ...] = ())
     return decorate
 
 
-def load_layers(entry, trust_pickles: bool = False) -> ModelLayers:
-    """The convolution layers of the model a catalog entry names, via its source."""
-    return SOURCES[entry.source].load(entry, trust_pickles=trust_pickles)
+def load_layers(entry, trust_pickles: bool = False, device: str = "cpu") -> ModelLayers:
+    """The convolution layers of the model a catalog entry names, via its source.
+
+    `device` is where a torch model runs its dummy forward pass (weights come back unchanged)."""
+    return SOURCES[entry.source].load(entry, trust_pickles=trust_pickles, device=device)
 
 
 from ops.sources import checkpoint, onnx_file, safetensors_file, timm_models, torchscript_file  # noqa: E402,F401

@@ -47,7 +47,7 @@ def unwrap_state_dict(obj, path: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def layers_from_state_dict(state: dict[str, torch.Tensor], entry) -> ModelLayers:
+def layers_from_state_dict(state: dict[str, torch.Tensor], entry, device: str = "cpu") -> ModelLayers:
     """Into the timm architecture `entry.arch` when given (graph depth), else from 4-D tensors."""
     if not entry.arch:
         named = [(k.removesuffix(".weight"), to_numpy(v)) for k, v in state.items()
@@ -59,7 +59,7 @@ def layers_from_state_dict(state: dict[str, torch.Tensor], entry) -> ModelLayers
     except RuntimeError as error:
         raise ValueError(f"{entry.uri}: weights do not fit timm architecture {entry.arch!r}: "
                          f"{str(error).splitlines()[0]} ...") from None
-    return module_convolutions(model, input_size_of(entry, model))
+    return module_convolutions(model, input_size_of(entry, model), device)
 
 
 def _shape_overrides(arch: str, state: dict[str, torch.Tensor]) -> dict:
@@ -79,5 +79,5 @@ def _shape_overrides(arch: str, state: dict[str, torch.Tensor]) -> dict:
 
 
 @register("checkpoint", suffixes=(".pt", ".pth", ".bin", ".ckpt"))
-def load(entry, trust_pickles: bool = False) -> ModelLayers:
-    return layers_from_state_dict(read_checkpoint(entry.uri, trust_pickles), entry)
+def load(entry, trust_pickles: bool = False, device: str = "cpu") -> ModelLayers:
+    return layers_from_state_dict(read_checkpoint(entry.uri, trust_pickles), entry, device)

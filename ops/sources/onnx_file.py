@@ -94,5 +94,5 @@ def _conv_layer(node, index: int, graph: _Graph, depth: int) -> ConvLayer | None
 
 
 @register("onnx", suffixes=(".onnx",))
-def load(entry, trust_pickles: bool = False) -> ModelLayers:
+def load(entry, trust_pickles: bool = False, device: str = "cpu") -> ModelLayers:
     return onnx_convolutions(read_onnx(entry.uri))

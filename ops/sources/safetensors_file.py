@@ -8,7 +8,7 @@ from ops.sources.checkpoint import layers_from_state_dict
 
 
 @register("safetensors", suffixes=(".safetensors",))
-def load(entry, trust_pickles: bool = False) -> ModelLayers:
+def load(entry, trust_pickles: bool = False, device: str = "cpu") -> ModelLayers:
     from safetensors.torch import load_file
 
-    return layers_from_state_dict(load_file(entry.uri, device="cpu"), entry)
+    return layers_from_state_dict(load_file(entry.uri, device="cpu"), entry, device)

@@ -29,6 +29,6 @@ def input_size_of(entry, model: torch.nn.Module) -> tuple[int, ...] | None:
 
 
 @register("timm", needs_file=False)
-def load(entry, trust_pickles: bool = False) -> ModelLayers:
+def load(entry, trust_pickles: bool = False, device: str = "cpu") -> ModelLayers:
     model = create_timm_model(entry.uri, entry.weights_file, entry.pretrained, entry.seed)
-    return module_convolutions(model, input_size_of(entry, model))
+    return module_convolutions(model, input_size_of(entry, model), device)

@@ -10,9 +10,9 @@ from ops.torch_graph import module_convolutions
 
 
 @register("torchscript", suffixes=(".pt", ".pth", ".torchscript", ".ts"))
-def load(entry, trust_pickles: bool = False) -> ModelLayers:
+def load(entry, trust_pickles: bool = False, device: str = "cpu") -> ModelLayers:
     try:
         module = torch.jit.load(entry.uri, map_location="cpu")
     except RuntimeError as error:
         raise ValueError(f"{entry.uri}: not a TorchScript archive ({str(error).splitlines()[0]})") from None
-    return module_convolutions(module, entry.input_size)
+    return module_convolutions(module, entry.input_size, device)
