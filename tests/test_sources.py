@@ -271,3 +271,13 @@ def test_onnx_depth_from_branching_graph():
     layers = onnx_convolutions(model).layers
     assert [l.name for l in layers] == ["w0", "w1", "w2", "w3"]
     assert [l.conv_depth for l in layers] == [0, 1, 1, 2]
+
+
+def test_safetensors_without_arch_restores_numbered_order(tmp_path):
+    from safetensors.torch import save_file
+
+    model = nn.Sequential(*[nn.Conv2d(2, 2, 3) for _ in range(12)])
+    save_file(model.state_dict(), tmp_path / "seq.safetensors")
+    layers = load_layers(entry("safetensors", tmp_path / "seq.safetensors"))
+    assert [l.name for l in layers.layers] == [str(i) for i in range(12)]
+    assert all(np.array_equal(l.weight, model[i].weight.detach().numpy()) for i, l in enumerate(layers.layers))
