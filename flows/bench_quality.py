@@ -21,6 +21,9 @@ import torch
 from ops.metrics import quality_of_layers
 from ops.schema import QUALITY_COLUMNS
 
+TOLERANCE = 1e-5
+"""Largest allowed |ours - torchconvquality| on these (ordinary) layers."""
+
 ARCHITECTURES = (
     "resnet18",
     "resnet50",
@@ -96,6 +99,7 @@ def benchmark_layers(name: str, weights: list[torch.Tensor], repeats: int, clock
         "seconds_ours": math.inf,
         "max_abs_diff": _max_abs_diff(ours, reference),
     }
+    assert row["max_abs_diff"] <= TOLERANCE, f"{name}: ours and torchconvquality differ by {row['max_abs_diff']:.2g}"
     for _ in range(repeats):  # interleaved, so that load from elsewhere hits both sides alike
         seconds = _seconds(lambda: [torchconvquality.measure_conv_weight_quality(w) for w in weights], cpu, clock)
         row["seconds_torchconvquality"] = min(row["seconds_torchconvquality"], seconds)
@@ -104,6 +108,7 @@ def benchmark_layers(name: str, weights: list[torch.Tensor], repeats: int, clock
         gpu = torch.device("cuda")
         on_gpu = [w.to(gpu) for w in weights]
         row["max_abs_diff_cuda"] = _max_abs_diff(quality_of_layers(on_gpu), reference)
+        assert row["max_abs_diff_cuda"] <= TOLERANCE, f"{name}: CUDA values differ by {row['max_abs_diff_cuda']:.2g}"
         row["seconds_ours_cuda"] = min(_seconds(lambda: quality_of_layers(on_gpu), gpu) for _ in range(repeats))
     return row
 
@@ -155,7 +160,8 @@ def run_quality_benchmark(
 def _format(row: dict) -> str:
     tcq = row["filters"] / row["seconds_torchconvquality"]
     ours = row["filters"] / row["seconds_ours"]
-    line = f"{row['name']:<24}{row['layers']:>7}{row['filters']:>10}{tcq:>12.3g}{ours:>12.3g}{ours / tcq:>7.1f}{row['max_abs_diff']:>11.1e}"
+    line = f"{row['name']:<24}{row['layers']:>7}{row['filters']:>10}{tcq:>12.3g}{ours:>12.3g}{ours / tcq:>7.1f}"
+    line += f"{row['max_abs_diff']:>11.1e}"
     if "seconds_ours_cuda" in row:
         line += f"{row['filters'] / row['seconds_ours_cuda']:>12.3g}{row['max_abs_diff_cuda']:>11.1e}"
     return line
