@@ -65,6 +65,11 @@ def timm_layers():
 
 
 @pytest.fixture(scope="module")
+def timm_quality(timm_layers):
+    return {name: quality_of_layers(weights) for name, weights in timm_layers.items()}
+
+
+@pytest.fixture(scope="module")
 def digits_cnn():
     """A small CNN trained for about 2 s on sklearn's digits: (weights at init, weights trained)."""
     from sklearn.datasets import load_digits
@@ -106,9 +111,9 @@ def digits_cnn():
 # Agreement with torchconvquality and with a numpy SVD
 
 
-def test_matches_torchconvquality_on_random_timm_layers(timm_layers):
+def test_matches_torchconvquality_on_random_timm_layers(timm_layers, timm_quality):
     for name, weights in timm_layers.items():
-        for W, ours in zip(weights, quality_of_layers(weights)):
+        for W, ours in zip(weights, timm_quality[name]):
             assert_metrics_match(ours, tcq.measure_conv_weight_quality(W))
 
 
@@ -337,9 +342,9 @@ def test_torchconvquality_orthogonality_fails_on_cuda():
 # Degeneracy classification
 
 
-def test_randomly_initialised_layers_are_random_looking(timm_layers):
-    for weights in timm_layers.values():
-        for q in quality_of_layers(weights):
+def test_randomly_initialised_layers_are_random_looking(timm_quality):
+    for qualities in timm_quality.values():
+        for q in qualities:
             assert classify_layer(q) == ("random_looking",)
 
 
