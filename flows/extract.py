@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from flows.progress import ExtractProgress, ExtractSummary
@@ -43,18 +44,28 @@ def unchanged(row: dict, stored_row: dict | None, force: bool) -> bool:
                 and stored_row["weights_digest"] == row["weights_digest"])
 
 
-def extract_catalog_local(catalog: str, db_path: str, force: bool = False, trust_pickles: bool = False,
-                          device: str = "cpu", progress: bool = True) -> ExtractSummary:
-    """Extract every catalog model in this process, one model (three commits) at a time."""
+@contextmanager
+def extraction(catalog: str, db_path: str, force: bool, progress: bool):
+    """Shared frame of both extractors: read the catalog, recover the DB, skip unchanged models,
+    show progress; yields (db, entries to extract, stored rows, progress) and compacts at the end."""
     entries = read_catalog(catalog)
     db = FilterDB(db_path)
     db.recover()
     todo, skipped = models_to_extract(entries, db, force)
     stored = db.stored_models()
-    summary = ExtractSummary(total=len(entries))
-    with ExtractProgress(summary, enabled=progress) as bar:
+    with ExtractProgress(ExtractSummary(total=len(entries)), enabled=progress) as bar:
         for model_id in skipped:
             bar.skipped(model_id)
+        yield db, todo, stored, bar
+    db.compact()
+    if progress:
+        bar.print_summary()
+
+
+def extract_catalog_local(catalog: str, db_path: str, force: bool = False, trust_pickles: bool = False,
+                          device: str = "cpu", progress: bool = True) -> ExtractSummary:
+    """Extract every catalog model in this process, one model (three commits) at a time."""
+    with extraction(catalog, db_path, force, progress) as (db, todo, stored, bar):
         for entry in todo:
             result = extract_model(entry, trust_pickles=trust_pickles, device=device)
             if unchanged(result.row, stored.get(entry.model_id), force):
@@ -67,10 +78,7 @@ def extract_catalog_local(catalog: str, db_path: str, force: bool = False, trust
                 db.append("layers", result.layers)
             db.append_models([result.row])
             _report(bar, result)
-    db.compact()
-    if progress:
-        bar.print_summary()
-    return summary
+    return bar.summary
 
 
 def _report(bar: ExtractProgress, result: ExtractedModel) -> None:
@@ -156,15 +164,7 @@ def extract_catalog(catalog: str, db_path: str, force: bool = False, trust_pickl
     """Extract every catalog model with a Ray Data actor pool; resumable and idempotent."""
     import ray
 
-    entries = read_catalog(catalog)
-    db = FilterDB(db_path)
-    db.recover()
-    todo, skipped = models_to_extract(entries, db, force)
-    stored = db.stored_models()
-    summary = ExtractSummary(total=len(entries))
-    with ExtractProgress(summary, enabled=progress) as bar:
-        for model_id in skipped:
-            bar.skipped(model_id)
+    with extraction(catalog, db_path, force, progress) as (db, todo, stored, bar):
         if todo:
             if not ray.is_initialized():
                 ray.init(address=address, log_to_driver=False)
@@ -172,11 +172,8 @@ def extract_catalog(catalog: str, db_path: str, force: bool = False, trust_pickl
             for written in _pipeline(todo, db_path, trust_pickles, actors, gpus_per_actor):
                 committer.add(written)
             committer.flush()
-            _record_lost_models(db, todo, summary, committer)
-    db.compact()
-    if progress:
-        bar.print_summary()
-    return summary
+            _record_lost_models(todo, bar.summary, committer)
+    return bar.summary
 
 
 def _pipeline(todo: list[CatalogEntry], db_path: str, trust_pickles: bool, actors: int | None,
@@ -213,7 +210,7 @@ def _pipeline(todo: list[CatalogEntry], db_path: str, trust_pickles: bool, actor
         yield pickle.loads(row["written"])
 
 
-def _record_lost_models(db: FilterDB, todo: list[CatalogEntry], summary: ExtractSummary, committer: Committer):
+def _record_lost_models(todo: list[CatalogEntry], summary: ExtractSummary, committer: Committer):
     """Models whose worker died (twice) never reported back: record them as failed."""
     from ops.extraction import model_row
 
