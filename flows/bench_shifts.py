@@ -292,7 +292,7 @@ def print_figures(figures: dict, console=None) -> None:
     table = Table(title=f"filterdb shifts --by {figures['by']}: {n:,} filters, {figures['cpus']} CPUs (load average {figures['load_average_before']:.1f} before, {figures['load_average_after']:.1f} after)")
     table.add_column("what")
     table.add_column("filters/s", justify="right")
-    table.add_column("flow's ratio", justify="right")
+    table.add_column("best flow ÷ this", justify="right")
 
     def row(name, rate, note=""):
         table.add_row(name, f"{rate / 1e6:,.2f} M", f"{flow / rate:.2f}x" if rate else "", *([note] if note else []))

@@ -47,6 +47,7 @@ names `kind`."""
 DEPTH_AXIS = "depth"
 BATCH_ROWS = 1 << 17
 TASKS_PER_CPU = 4
+ROWS_PER_TASK = 1 << 20
 
 
 class ShiftInputError(ValueError):
@@ -204,10 +205,12 @@ def _histograms_of_block(table: pa.Table, axis: Axis, basis: Basis, value_range:
     return _over_batches(table, Histograms.empty(value_range, bins), of_batch)
 
 
-def _fold(dataset, block_fn, initial, **kwargs):
-    """map_batches(block_fn) over whole blocks, partial aggregates merged on the driver as they come."""
+def _fold(dataset, block_fn, initial, concurrency: int | None = None, **kwargs):
+    """map_batches(block_fn) over whole blocks, partial aggregates merged on the driver as they come.
+    `concurrency` must be the read's too: read and map fuse into one task only when they agree,
+    otherwise every block travels through the object store."""
     result = initial
-    partials = dataset.map_batches(block_fn, batch_format="pyarrow", batch_size=None, fn_kwargs=kwargs)
+    partials = dataset.map_batches(block_fn, batch_format="pyarrow", batch_size=None, concurrency=concurrency, fn_kwargs=kwargs)
     for batch in partials.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
         for blob in batch.column("partial").to_pylist():
             result = result.merge(pickle.loads(blob))
@@ -270,10 +273,13 @@ def run_shifts(
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
 
-    # A few read tasks per CPU, each a group of whole fragments passed on as whole blocks: Ray's
-    # default cuts blocks into pieces of a few thousand rows, where per-block overhead dominates.
+    # Read tasks of whole fragments, at least a few per CPU and about ROWS_PER_TASK filters each (a
+    # worker's memory then does not grow with the DB), each task's rows passed on as whole blocks:
+    # Ray's default cuts blocks into pieces of a few thousand rows, where per-block overhead dominates.
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    n_tasks = max(1, min(len(filters.get_fragments()), TASKS_PER_CPU * cpus))
+    fragments = filters.get_fragments()
+    rows = sum(f.count_rows() for f in fragments)
+    n_tasks = max(1, min(len(fragments), max(TASKS_PER_CPU * cpus, -(-rows // ROWS_PER_TASK))))
 
     def read(columns):
         with warnings.catch_warnings():
@@ -285,12 +291,12 @@ def run_shifts(
 
     with _data_context(progress):
         if stored is None:
-            found = _fold(read(["weights"]), _moments_of_block, Moments()).basis()
-            value_range = _fold(read(["weights"]), _range_of_block, CoefficientRange(), basis=found)
+            found = _fold(read(["weights"]), _moments_of_block, Moments(), concurrency).basis()
+            value_range = _fold(read(["weights"]), _range_of_block, CoefficientRange(), concurrency, basis=found)
             basis_selection = predicate
         else:
             found, value_range, basis_selection = stored.basis, stored.value_range, stored.selection
-        histograms = _fold(read(["weights", axis.column]), _histograms_of_block, Histograms.empty(value_range, bins), axis=axis, basis=found, value_range=value_range, bins=bins)
+        histograms = _fold(read(["weights", axis.column]), _histograms_of_block, Histograms.empty(value_range, bins), concurrency, axis=axis, basis=found, value_range=value_range, bins=bins)
     if not histograms.counts:
         raise ShiftInputError(f"no filters match {predicate!r} in {uri}")
     result = ShiftResult.of(by, found, value_range, histograms, order=axis.order(), selection=predicate, basis_selection=basis_selection, db_version=version)
