@@ -3,7 +3,9 @@
 In one run, on one synthetic DB (generated once under the cache folder, then reused):
 - scan: the rate at which this machine merely reads the `weights` column from Lance (the practical
   limit of any pass over the data);
-- flow: `run_shifts` on Ray with 1 and 2 workers (Ray started beforehand; its start is reported apart);
+- flow: `run_shifts` on Ray with 1 and 2 workers, three passes (Ray started beforehand; its start and
+  the first run, which starts the workers, are reported apart), and with the basis stored for the
+  selection (one pass);
 - in-memory: the same aggregates (`ops.shifts.analyse`) on a numpy array already in memory;
 - study: the study's single-process recipe: load everything, scikit-learn PCA, per-group
   `numpy.histogram`, `scipy.stats.entropy` (skipped above `--study-max`, where it would not fit);
