@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
 from rich.console import Console
 from rich.table import Table
 
+from flows.peak_memory import PeakMemory
+from flows.ray_runtime import ensure_ray
 from ops.catalog import read_catalog, write_catalog
 
 BENCH_ARCHS = [
@@ -31,29 +31,6 @@ BENCH_ARCHS = [
 ]
 
 
-class PeakMemory:
-    """Samples this process's resident memory in a thread; `peak` in MiB."""
-
-    def __init__(self, every_s: float = 0.05):
-        self.every_s, self.peak, self._stop = every_s, 0.0, threading.Event()
-        self.start = psutil.Process().memory_info().rss / 2**20
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        process = psutil.Process()
-        while not self._stop.is_set():
-            self.peak = max(self.peak, process.memory_info().rss / 2**20)
-            time.sleep(self.every_s)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def bench_catalog(folder: Path, archs: list[str], demo_catalog: str | None) -> Path:
     rows = [{"model_id": arch, "source": "timm", "uri": arch, "pretrained": "false", "family": arch,
              "task": "untrained"} for arch in archs]
@@ -61,7 +38,7 @@ def bench_catalog(folder: Path, archs: list[str], demo_catalog: str | None) -> P
         for entry in read_catalog(demo_catalog):
             rows.append({"model_id": entry.model_id, "source": entry.source, "uri": entry.uri,
                          "arch": entry.arch or "", "input_size": "x".join(map(str, entry.input_size or ())),
-                         **entry.meta})
+                         "pretrained": str(entry.pretrained).lower(), "seed": str(entry.seed), **entry.meta})
     path = folder / "bench_catalog.csv"
     write_catalog(rows, path)
     return path
@@ -79,7 +56,7 @@ def _run(name: str, extract, catalog: Path, folder: Path) -> dict:
     steady = (n - 1) / (seconds - first) * 60 if n > 1 and seconds > first else float("nan")
     return {"name": name, "models": n, "failed": len(summary.failed), "seconds": seconds,
             "models_per_min": n / seconds * 60, "filters_per_s": summary.n_filters / seconds,
-            "first_model_s": first, "steady_models_per_min": steady, "driver_growth_mib": memory.peak - memory.start}
+            "first_model_s": first, "steady_models_per_min": steady, "driver_growth_mib": (memory.peak - memory.baseline) / 2**20}
 
 
 def run_extract_benchmark(archs: list[str] | None = None, demo_catalog: str | None = None,
@@ -99,7 +76,7 @@ def run_extract_benchmark(archs: list[str] | None = None, demo_catalog: str | No
         ray.shutdown()  # each Ray run pays its own start, reported as the fixed cost
 
         def ray_extract(c, d, actors=actors):
-            ray.init(num_cpus=max(2, actors), log_to_driver=False)
+            ensure_ray(num_cpus=max(2, actors))
             return extract_catalog(c, d, actors=actors, progress=False)
 
         results.append(_run(f"ray x{actors}", ray_extract, catalog, folder))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -25,6 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flows.peak_memory import PeakMemory
+from flows.ray_runtime import ensure_ray
 from ops.schema import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS
 
 DEFAULT_CACHE = Path(os.environ.get("FILTERDB_BENCH_CACHE", Path.home() / ".cache" / "filterdb" / "bench"))
@@ -188,42 +189,6 @@ def study_recipe(uri: str, by: str, bins: int = 70) -> np.ndarray:
     return weighted
 
 
-class PeakMemory:
-    """Peak resident memory of this process and its children (Ray's processes when Ray was started
-    here), sampled every 50 ms while in the `with` block; `.peak` and `.baseline` in bytes."""
-
-    def __init__(self):
-        import psutil
-
-        self.process = psutil.Process()
-        self.baseline = self.peak = self._rss()
-
-    def _rss(self) -> int:
-        total = 0
-        for p in [self.process, *self.process.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-            except Exception:  # noqa: BLE001 - a process that just ended
-                pass
-        return total
-
-    def __enter__(self):
-        self.baseline = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, self._rss())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-
 def _timed(fn, repeats: int) -> tuple[float, object]:
     best, result = float("inf"), None
     for _ in range(repeats):
@@ -254,12 +219,11 @@ def run_shifts_benchmark(
     figures["scan"] = scan_rate(uri)
 
     start = time.perf_counter()
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    ensure_ray(address)
     figures["ray_start_s"] = time.perf_counter() - start
     figures["first_run_s"], _ = _timed(lambda: run_shifts(db, by, write=False, reuse=False, progress=False), 1)
     for w in workers:
-        with PeakMemory() as memory:
+        with PeakMemory(children=True) as memory:
             seconds, result = _timed(lambda: run_shifts(db, by, write=False, reuse=False, concurrency=w, progress=False), repeats)
         figures[f"flow_{w}_workers"] = n_filters / seconds
         figures[f"flow_{w}_workers_peak_rss"] = memory.peak
@@ -276,7 +240,7 @@ def run_shifts_benchmark(
     del table, weights, codes
 
     if n_filters <= study_max:
-        with PeakMemory() as memory:
+        with PeakMemory(children=True) as memory:
             seconds, weighted = _timed(lambda: study_recipe(uri, by), 1)
         figures["study"] = n_filters / seconds
         figures["study_peak_rss_growth"] = memory.peak - memory.baseline

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from flows.progress import ExtractProgress, ExtractSummary
+from flows.ray_runtime import ensure_ray
 from ops.catalog import CatalogEntry, read_catalog
 from ops.extraction import ExtractedModel, extract_model, source_fingerprint
 from ops.store import FilterDB
@@ -162,12 +163,9 @@ def extract_catalog(catalog: str, db_path: str, force: bool = False, trust_pickl
                     address: str | None = None, actors: int | None = None, gpus_per_actor: float | None = None,
                     commit_every_s: float = 5.0, progress: bool = True) -> ExtractSummary:
     """Extract every catalog model with a Ray Data actor pool; resumable and idempotent."""
-    import ray
-
     with extraction(catalog, db_path, force, progress) as (db, todo, stored, bar):
         if todo:
-            if not ray.is_initialized():
-                ray.init(address=address, log_to_driver=False)
+            ensure_ray(address)
             committer = Committer(db, stored, force, bar, commit_every_s)
             for written in _pipeline(todo, db_path, trust_pickles, actors, gpus_per_actor):
                 committer.add(written)

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flows.ray_runtime import ensure_ray
 from ops.schema import FILTERS_SCHEMA
 from ops.shifts import (
     DEFAULT_BINS,
@@ -270,8 +271,7 @@ def run_shifts(
 
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    ensure_ray(address)
 
     # Read tasks of whole fragments, at least a few per CPU and about ROWS_PER_TASK filters each (a
     # worker's memory then does not grow with the DB), each task's rows passed on as whole blocks:

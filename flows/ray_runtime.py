@@ -1,0 +1,12 @@
+"""Connecting to Ray: once per process, to a cluster when an address is given, else a local Ray."""
+
+from __future__ import annotations
+
+
+def ensure_ray(address: str | None = None, **init_kwargs) -> None:
+    """`ray.init` unless this process is connected already. A local Ray starts without the
+    dashboard: on a small machine its processes take CPU and memory from the flow."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, **init_kwargs)
