@@ -187,6 +187,7 @@ def _pipeline(todo: list[CatalogEntry], db_path: str, trust_pickles: bool, actor
     if actors is None:
         actors = int(cluster_gpus // gpus_per_actor) if gpus_per_actor else int(resources.get("CPU", 1))
     actors = max(1, min(actors, len(todo)))
+    cpus_per_actor = max(1, int(resources.get("CPU", 1) // actors))  # torch threads of each actor
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.max_errored_blocks = -1  # a model that crashes its worker loses its block, not the run
@@ -198,8 +199,8 @@ def _pipeline(todo: list[CatalogEntry], db_path: str, trust_pickles: bool, actor
             batch_size=1,
             # one model in flight per actor: a crash loses only the model that caused it
             compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
-            fn_constructor_kwargs=dict(db_path=db_path, trust_pickles=trust_pickles, threads=1),
-            num_cpus=1,
+            fn_constructor_kwargs=dict(db_path=db_path, trust_pickles=trust_pickles, threads=cpus_per_actor),
+            num_cpus=cpus_per_actor,
             num_gpus=gpus_per_actor,
             max_task_retries=1,  # Ray Data retries forever by default: a model that kills its worker would hang the run
         )
