@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -19,7 +19,6 @@ class ExtractedModel:
     row: dict
     layers: pa.Table | None = None
     filters: pa.Table | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -69,6 +68,7 @@ def extract_model(entry: CatalogEntry, trust_pickles: bool = False, device: str 
         row.update(status="failed", error=f"model {entry.model_id!r} ({entry.source} {entry.uri}): {message}")
         row["extract_seconds"] = time.perf_counter() - started
         return ExtractedModel(row)
-    row.update(model_facts(model), status="ok", error=None, weights_digest=weights_digest(model))
+    row.update(model_facts(model), status="ok", error=None, weights_digest=weights_digest(model),
+               notes="; ".join(model.notes) or None)
     row["extract_seconds"] = time.perf_counter() - started
-    return ExtractedModel(row, layers, filters, model.notes)
+    return ExtractedModel(row, layers, filters)

@@ -6,10 +6,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-KINDS = ("conv", "depthwise", "grouped", "transposed")
-DEPTH_METHODS = ("graph", "execution_order", "declaration_order")
-
-
 @dataclass
 class ConvLayer:
     """One 2-D convolution as stored in the model.

@@ -41,6 +41,7 @@ MODELS_SCHEMA = pa.schema(
         pa.field("kernel_shapes", pa.string()),
         pa.field("share_3x3", pa.float64()),
         pa.field("depth_method", pa.string()),
+        pa.field("notes", pa.string()),  # e.g. why depth fell back to layer order
         pa.field("load_seconds", pa.float64()),
         pa.field("extract_seconds", pa.float64()),
         pa.field("extracted_at", pa.timestamp("us", tz="UTC")),

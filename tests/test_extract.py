@@ -167,3 +167,13 @@ def test_recover_removes_rows_of_models_without_a_models_row(catalog, tmp_path):
     assert db.recover() == ["half"]
     assert "half" not in set(table(db.path, "filters", columns=["model_id"]).column("model_id").to_pylist())
     assert db.recover() == []
+
+
+def test_depth_fallback_is_explained_on_the_models_row(tmp_path):
+    torch.jit.trace(small_net(0), torch.randn(1, 1, 12, 12)).save(tmp_path / "ts.pt")
+    rows = [{"model_id": "ts", "source": "torchscript", "uri": "ts.pt", "input_size": "3x12x12"}]  # wrong channels
+    write_catalog(rows, tmp_path / "c.csv")
+    extract_catalog_local(str(tmp_path / "c.csv"), str(tmp_path / "db"), progress=False)
+    row = table(tmp_path / "db", "models").to_pylist()[0]
+    assert row["status"] == "ok" and row["depth_method"] == "declaration_order"
+    assert "forward pass on input (3, 12, 12) failed" in row["notes"]

@@ -281,3 +281,20 @@ def test_safetensors_without_arch_restores_numbered_order(tmp_path):
     layers = load_layers(entry("safetensors", tmp_path / "seq.safetensors"))
     assert [l.name for l in layers.layers] == [str(i) for i in range(12)]
     assert all(np.array_equal(l.weight, model[i].weight.detach().numpy()) for i, l in enumerate(layers.layers))
+
+
+class NeedsTwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x, y):
+        return self.conv(x) + y
+
+
+def test_failed_forward_pass_falls_back_to_order_and_says_why():
+    from ops.torch_graph import module_convolutions
+
+    layers = module_convolutions(NeedsTwoInputs(), (1, 8, 8))
+    assert layers.depth_method == "declaration_order"
+    assert "forward pass on input (1, 8, 8) failed" in layers.notes[0]

@@ -17,15 +17,14 @@ class Source:
     name: str
     load: Callable[..., ModelLayers]
     needs_file: bool
-    suffixes: tuple[str, ...] = ()
 
 
 SOURCES: dict[str, Source] = {}
 
 
-def register(name: str, needs_file: bool = True, suffixes: tuple[str, ...] = ()):
+def register(name: str, needs_file: bool = True):
     def decorate(load):
-        SOURCES[name] = Source(name, load, needs_file, suffixes)
+        SOURCES[name] = Source(name, load, needs_file)
         return load
 
     return decorate

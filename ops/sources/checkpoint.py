@@ -78,6 +78,6 @@ def _shape_overrides(arch: str, state: dict[str, torch.Tensor]) -> dict:
     return overrides
 
 
-@register("checkpoint", suffixes=(".pt", ".pth", ".bin", ".ckpt"))
+@register("checkpoint")
 def load(entry, trust_pickles: bool = False, device: str = "cpu") -> ModelLayers:
     return layers_from_state_dict(read_checkpoint(entry.uri, trust_pickles), entry, device)

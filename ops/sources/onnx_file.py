@@ -93,6 +93,6 @@ def _conv_layer(node, index: int, graph: _Graph, depth: int) -> ConvLayer | None
     return ConvLayer(name, weight.astype(np.float32, copy=False), in_ch, out_ch, groups, transposed, depth)
 
 
-@register("onnx", suffixes=(".onnx",))
+@register("onnx")
 def load(entry, trust_pickles: bool = False, device: str = "cpu") -> ModelLayers:
     return onnx_convolutions(read_onnx(entry.uri))

@@ -18,7 +18,7 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-@register("safetensors", suffixes=(".safetensors",))
+@register("safetensors")
 def load(entry, trust_pickles: bool = False, device: str = "cpu") -> ModelLayers:
     from safetensors.torch import load_file
 

@@ -9,7 +9,7 @@ from ops.sources import register
 from ops.torch_graph import module_convolutions
 
 
-@register("torchscript", suffixes=(".pt", ".pth", ".torchscript", ".ts"))
+@register("torchscript")
 def load(entry, trust_pickles: bool = False, device: str = "cpu") -> ModelLayers:
     try:
         module = torch.jit.load(entry.uri, map_location="cpu")
