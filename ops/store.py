@@ -111,19 +111,21 @@ class FilterDB:
         self.commit(table, self.write_fragments(self.uri(table), data, self._schema_for(table, data)))
 
     def append_models(self, rows: list[dict]) -> None:
-        """Add models rows; extra catalog columns become new string columns of `models`."""
+        """Add models rows. Extra catalog columns become new string columns of `models`, and columns
+        added to MODELS_SCHEMA since a DB was created are added to it (null for older rows)."""
         if not rows:
             return
         extra = sorted({k for row in rows for k in row} - set(MODELS_SCHEMA.names))
+        wanted = list(MODELS_SCHEMA) + [pa.field(name, pa.string()) for name in extra]
         ds = self.dataset("models")
         if ds is not None:
-            new = [name for name in extra if name not in ds.schema.names]
+            new = [f for f in wanted if f.name not in ds.schema.names]
             if new:
-                ds.add_columns([pa.field(name, pa.string()) for name in new])
+                ds.add_columns(new)
                 ds = self.dataset("models")
             schema = ds.schema
         else:
-            schema = pa.schema(list(MODELS_SCHEMA) + [pa.field(name, pa.string()) for name in extra])
+            schema = pa.schema(wanted)
         table = pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
         self.commit("models", self.write_fragments(self.uri("models"), table, schema), schema)
 

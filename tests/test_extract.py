@@ -16,7 +16,7 @@ from ops.catalog import write_catalog
 from ops.kernels import filters_table
 from ops.layers import ConvLayer, ModelLayers
 from ops.schema import FILTERS_SCHEMA
-from ops.store import FilterDB
+from ops.store import MODELS_SCHEMA, FilterDB
 
 
 def small_net(seed: int) -> nn.Module:
@@ -177,3 +177,14 @@ def test_depth_fallback_is_explained_on_the_models_row(tmp_path):
     row = table(tmp_path / "db", "models").to_pylist()[0]
     assert row["status"] == "ok" and row["depth_method"] == "declaration_order"
     assert "forward pass on input (3, 12, 12) failed" in row["notes"]
+
+
+def test_models_table_of_an_older_db_gains_new_columns(catalog, tmp_path):
+    db = FilterDB(tmp_path / "db")
+    old_schema = pa.schema([f for f in MODELS_SCHEMA if f.name != "notes"])
+    old_row = {"model_id": "old", "status": "ok", "n_filters_3x3": 0, "n_conv_layers": 0}
+    lance.write_dataset(pa.Table.from_pylist([old_row], schema=old_schema), db.uri("models"))
+    extract_catalog_local(str(catalog), db.path, progress=False)
+    models = table(db.path, "models")
+    assert "notes" in models.column_names and "lab" in models.column_names
+    assert models.num_rows == 4
