@@ -67,39 +67,30 @@ def extract_catalog_local(catalog: str, db_path: str, force: bool = False, trust
                           device: str = "cpu", progress: bool = True) -> ExtractSummary:
     """Extract every catalog model in this process, one model (three commits) at a time."""
     with extraction(catalog, db_path, force, progress) as (db, todo, stored, bar):
+        committer = Committer(db, stored, force, bar, every_s=0)
         for entry in todo:
-            result = extract_model(entry, trust_pickles=trust_pickles, device=device)
-            if unchanged(result.row, stored.get(entry.model_id), force):
-                bar.skipped(entry.model_id)
-                continue
-            if entry.model_id in stored:
-                db.remove_models([entry.model_id])
-            if result.ok:
-                db.append("filters", result.filters)
-                db.append("layers", result.layers)
-            db.append_models([result.row])
-            _report(bar, result)
+            committer.add(write_model(db, extract_model(entry, trust_pickles=trust_pickles, device=device)))
     return bar.summary
-
-
-def _report(bar: ExtractProgress, result: ExtractedModel) -> None:
-    if result.ok:
-        bar.stored(result.row["model_id"], result.filters.num_rows)
-    else:
-        bar.failed(result.row["model_id"], result.row["error"])
-
-
-# --- the Ray Data pipeline ----------------------------------------------------------------------
 
 
 @dataclass
 class WrittenModel:
-    """What an actor hands back for one model: its models row and uncommitted fragments."""
+    """One extracted model: its models row and its uncommitted filters/layers fragments."""
 
     row: dict
     filters: list
     layers: list
-    n_filters: int
+
+
+def write_model(db: FilterDB, result: ExtractedModel) -> WrittenModel:
+    """Write the data files of an extracted model (in whatever process extracted it), uncommitted."""
+    if not result.ok:
+        return WrittenModel(result.row, [], [])
+    return WrittenModel(result.row, db.write_fragments(db.uri("filters"), result.filters, result.filters.schema),
+                        db.write_fragments(db.uri("layers"), result.layers, result.layers.schema))
+
+
+# --- the Ray Data pipeline ----------------------------------------------------------------------
 
 
 class ExtractModels:
@@ -114,22 +105,14 @@ class ExtractModels:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def __call__(self, batch: dict) -> dict:
-        written = []
-        for payload in batch["entry"]:
-            entry: CatalogEntry = pickle.loads(payload)
-            result = extract_model(entry, trust_pickles=self.trust_pickles, device=self.device)
-            result.row["device"] = self.device
-            filters = layers = []
-            if result.ok:
-                filters = self.db.write_fragments(self.db.uri("filters"), result.filters, result.filters.schema)
-                layers = self.db.write_fragments(self.db.uri("layers"), result.layers, result.layers.schema)
-            n = result.filters.num_rows if result.ok else 0
-            written.append(pickle.dumps(WrittenModel(result.row, filters, layers, n)))
-        return {"written": written}
+        entries = [pickle.loads(payload) for payload in batch["entry"]]
+        results = [extract_model(e, trust_pickles=self.trust_pickles, device=self.device) for e in entries]
+        return {"written": [pickle.dumps(write_model(self.db, result)) for result in results]}
 
 
 class Committer:
-    """Driver side: commits finished models in groups, every `every_s` seconds."""
+    """Commits written models in groups, every `every_s` seconds (0: each at once), in the order of
+    ops/store.py: old rows removed, then filters, layers and last the models rows."""
 
     def __init__(self, db: FilterDB, stored: dict, force: bool, bar: ExtractProgress, every_s: float):
         self.db, self.stored, self.force, self.bar, self.every_s = db, stored, force, bar, every_s
@@ -153,7 +136,7 @@ class Committer:
         self.db.append_models([m.row for m in self.pending])
         for model in self.pending:
             if model.row["status"] == "ok":
-                self.bar.stored(model.row["model_id"], model.n_filters)
+                self.bar.stored(model.row["model_id"], model.row["n_filters_3x3"])
             else:
                 self.bar.failed(model.row["model_id"], model.row["error"])
         self.pending, self.last = [], time.perf_counter()
@@ -219,5 +202,5 @@ def _record_lost_models(todo: list[CatalogEntry], summary: ExtractSummary, commi
         row = model_row(entry)
         row.update(status="failed", error=f"model {entry.model_id!r} ({entry.source} {entry.uri}): "
                                           f"its worker process died while extracting it")
-        committer.add(WrittenModel(row, [], [], 0))
+        committer.add(WrittenModel(row, [], []))
     committer.flush()

@@ -31,7 +31,7 @@ def select_layers(db: FilterDB, where: str | None = None) -> pd.DataFrame:
     if layers is None:
         raise ValueError(f"{db.path}: no layers.lance: run `filterdb extract` first")
     layers = layers.to_table()
-    models = db.models(where="status = 'ok'").drop_columns(["n_conv_layers", "depth_method"])
+    models = db.models(where="status = 'ok'")
     models = models.drop_columns([c for c in models.column_names if c in layers.column_names and c != "model_id"])
     query = "SELECT * FROM layers JOIN models USING (model_id) WHERE kernel_h = 3 AND kernel_w = 3"
     if where:

@@ -56,6 +56,7 @@ def model_row(entry: CatalogEntry) -> dict:
 def extract_model(entry: CatalogEntry, trust_pickles: bool = False, device: str = "cpu") -> ExtractedModel:
     """Load, check and tabulate one model. Never raises for a bad model: returns a failed row."""
     row = model_row(entry)
+    row["device"] = device
     started = time.perf_counter()
     try:
         model = load_layers(entry, trust_pickles=trust_pickles, device=device)

@@ -41,7 +41,8 @@ MODELS_SCHEMA = pa.schema(
         pa.field("kernel_shapes", pa.string()),
         pa.field("share_3x3", pa.float64()),
         pa.field("depth_method", pa.string()),
-        pa.field("notes", pa.string()),  # e.g. why depth fell back to layer order
+        pa.field("notes", pa.string()),
+        pa.field("device", pa.string()),  # where the metrics and the dummy forward pass ran  # e.g. why depth fell back to layer order
         pa.field("load_seconds", pa.float64()),
         pa.field("extract_seconds", pa.float64()),
         pa.field("extracted_at", pa.timestamp("us", tz="UTC")),
@@ -67,9 +68,6 @@ class FilterDB:
             return lance.dataset(self.uri(table))
         except (ValueError, FileNotFoundError, OSError):
             return None
-
-    def exists(self) -> bool:
-        return self.dataset("models") is not None
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -108,7 +106,9 @@ class FilterDB:
                                       read_version=ds.version)
 
     def append(self, table: str, data: pa.Table) -> None:
-        self.commit(table, self.write_fragments(self.uri(table), data, self._schema_for(table, data)))
+        ds = self.dataset(table)
+        schema = ds.schema if ds is not None else SCHEMAS[table]
+        self.commit(table, self.write_fragments(self.uri(table), data, schema))
 
     def append_models(self, rows: list[dict]) -> None:
         """Add models rows. Extra catalog columns become new string columns of `models`, and columns
@@ -128,10 +128,6 @@ class FilterDB:
             schema = pa.schema(wanted)
         table = pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
         self.commit("models", self.write_fragments(self.uri("models"), table, schema), schema)
-
-    def _schema_for(self, table: str, data: pa.Table) -> pa.Schema:
-        ds = self.dataset(table)
-        return ds.schema if ds is not None else SCHEMAS[table]
 
     def remove_models(self, model_ids) -> None:
         """Delete every row of these models; the `models` row goes first (see the module doc)."""

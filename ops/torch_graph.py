@@ -31,20 +31,14 @@ CONVOLUTION_OPS = (torch.ops.aten.convolution.default, torch.ops.aten._convoluti
 Both take (input, weight, bias, stride, padding, dilation, transposed, output_padding, groups, ...)."""
 
 
-class _ConvCall:
-    def __init__(self, name, weight, in_channels, out_channels, groups, transposed, depth):
-        self.name, self.weight, self.depth = name, weight, depth
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.groups, self.transposed = groups, transposed
-
-
 class _DepthTracker(TorchDispatchMode):
-    """Propagates conv-depth tags through every aten op and records each convolution call."""
+    """Propagates conv-depth tags through every aten op and records each 2-D convolution, once per
+    layer (in order of first call, with the largest depth it was called at)."""
 
     def __init__(self, name_of_weight, current_module):
         super().__init__()
         self.tags = WeakTensorKeyDictionary()
-        self.calls: list[_ConvCall] = []
+        self.layers: dict[str, ConvLayer] = {}
         self._name_of_weight = name_of_weight
         self._current_module = current_module
 
@@ -66,14 +60,17 @@ class _DepthTracker(TorchDispatchMode):
 
     def _record(self, args, out, depth):
         x, weight = args[0], args[1]
-        transposed, groups = bool(args[6]), int(args[8])
+        if weight.dim() != 4:
+            return  # 1-D/3-D convolutions are not 2-D
         name, stored = self._current_module() or (None, None)
         if name is None:
-            name = self._name_of_weight.get(weight.data_ptr(), f"conv{len(self.calls)}")
-        stored_weight = stored if stored is not None else weight
-        self.calls.append(
-            _ConvCall(name, stored_weight, int(x.shape[1]), int(out.shape[1]), groups, transposed, depth)
-        )
+            name = self._name_of_weight.get(weight.data_ptr(), f"conv{len(self.layers)}")
+        if name in self.layers:
+            self.layers[name].conv_depth = max(self.layers[name].conv_depth, depth)
+            return
+        transposed, groups = bool(args[6]), int(args[8])
+        self.layers[name] = ConvLayer(name, to_numpy(stored if stored is not None else weight),
+                                      int(x.shape[1]), int(out.shape[1]), groups, transposed, depth)
 
 
 def _module_stack(module: nn.Module):
@@ -97,11 +94,7 @@ def _module_stack(module: nn.Module):
 
 
 def trace_convolutions(module: nn.Module, input_size: tuple[int, ...], device: str = "cpu") -> ModelLayers:
-    """Convolutions in execution order with graph depths, from one forward pass of a dummy input.
-
-    A module whose convolution runs several times is recorded once, at its first call, with the
-    largest depth it was called at. 3-D/1-D convolutions are not 2-D and are skipped.
-    """
+    """Convolutions in execution order with graph depths, from one forward pass of a dummy input."""
     name_of_weight = {p.data_ptr(): n.removesuffix(".weight") for n, p in module.named_parameters()}
     stack, handles = _module_stack(module)
     tracker = _DepthTracker(name_of_weight, lambda: stack[-1] if stack else None)
@@ -113,18 +106,7 @@ def trace_convolutions(module: nn.Module, input_size: tuple[int, ...], device: s
     finally:
         for handle in handles:
             handle.remove()
-    by_name: dict[str, ConvLayer] = {}
-    for call in tracker.calls:
-        if call.weight.dim() != 4:
-            continue
-        if call.name in by_name:
-            by_name[call.name].conv_depth = max(by_name[call.name].conv_depth, call.depth)
-            continue
-        by_name[call.name] = ConvLayer(
-            call.name, to_numpy(call.weight), call.in_channels, call.out_channels,
-            call.groups, call.transposed, call.depth,
-        )
-    return ModelLayers(list(by_name.values()), "graph")
+    return ModelLayers(list(tracker.layers.values()), "graph")
 
 
 def declared_convolutions(module: nn.Module) -> ModelLayers:

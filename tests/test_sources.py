@@ -52,15 +52,13 @@ def test_timm_random_init_is_seeded_and_exact():
 
 def test_timm_conv2d_subclasses_are_convolutions():
     layers = load_layers(entry("timm", "nf_resnet26", pretrained=False))
+    torch.manual_seed(0)  # the source's default seed
     model = timm.create_model("nf_resnet26", pretrained=False)
     subclassed = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and type(m) is not nn.Conv2d]
     assert subclassed, "nf_resnet26 uses weight-standardised Conv2d subclasses"
     assert set(subclassed) <= {layer.name for layer in layers.layers}
     # stored values are the parameter, not the standardised weight the forward pass computes
     by_name = {layer.name: layer for layer in layers.layers}
-    module = dict(model.named_modules())[subclassed[0]]
-    torch.manual_seed(0)
-    model = timm.create_model("nf_resnet26", pretrained=False)
     module = dict(model.named_modules())[subclassed[0]]
     assert np.array_equal(by_name[subclassed[0]].weight, module.weight.detach().numpy())
 
