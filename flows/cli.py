@@ -59,7 +59,7 @@ def _shifts(args) -> int:
     from flows.shifts import shifts_command
 
     return shifts_command(args.db, args.by, where=args.where, basis=args.basis, bins=args.bins,
-                          depth_bins=args.depth_bins, address=args.address)
+                          depth_bins=args.depth_bins, address=args.address, cache={"auto": None, "on": True, "off": False}[args.cache])
 
 
 def _bench_module(module: str):
@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     shifts.add_argument("--bins", type=int, default=70, help="histogram bins per component (the study: 70)")
     shifts.add_argument("--depth-bins", type=int, default=10, help="bins of conv_depth_norm for --by depth")
     shifts.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address")
+    shifts.add_argument("--cache", choices=["auto", "on", "off"], default="auto",
+                        help="keep the scaled filters in Ray's object store between the steps (auto: when they fit in half of it)")
     shifts.set_defaults(run=_shifts)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")

@@ -54,21 +54,23 @@ def peak_scaled(weights: np.ndarray) -> np.ndarray:
     """Every filter divided by its own absolute peak max |w| (step 1 of the recipe); an all-zero filter
     keeps divisor 1."""
     out = np.empty_like(weights, dtype=np.float32)
-    for rows, x in _scaled_chunks(weights):
+    for rows, x in scaled_chunks(weights):
         out[rows] = x.T
     return out
 
 
-def _scaled_chunks(weights: np.ndarray):
-    """Yield (rows, x): the peak-scaled filters of consecutive chunks, transposed to (9, rows) float32.
+def scaled_chunks(weights: np.ndarray, out: np.ndarray | None = None):
+    """Yield (rows, x): the peak-scaled filters of consecutive chunks of (n, 9) weights, transposed to
+    (9, rows) float32; x is a view of `out` (9, n) if given.
 
-    x lives in a buffer reused for the next chunk (fresh arrays of this size cost a page fault per
-    page on every chunk); use it before asking for the next one."""
+    Otherwise x lives in a buffer reused for the next chunk (fresh arrays of this size cost a page
+    fault per page on every chunk); use it before asking for the next one."""
     size = max(1, min(CHUNK_ROWS, len(weights)))
     buffer, magnitude, divisor = np.empty((N_COMPONENTS, size), np.float32), np.empty((N_COMPONENTS, size), np.float32), np.empty(size, np.float32)
     for start in range(0, len(weights), size):
         chunk = weights[start : start + size]
-        x, a, p = buffer[:, : len(chunk)], magnitude[:, : len(chunk)], divisor[: len(chunk)]
+        rows = slice(start, start + len(chunk))
+        x, a, p = (buffer[:, : len(chunk)] if out is None else out[:, rows]), magnitude[:, : len(chunk)], divisor[: len(chunk)]
         np.copyto(x, chunk.T)
         np.abs(x, out=a)
         np.maximum(a[0], a[1], out=p)
@@ -76,7 +78,46 @@ def _scaled_chunks(weights: np.ndarray):
             np.maximum(p, a[j], out=p)
         p[p == 0] = 1
         x /= p
-        yield slice(start, start + len(chunk)), x
+        yield rows, x
+
+
+# --- filters read once, scaled once: the block the flow keeps between passes --------------------
+
+SCALED_COLUMNS = [f"x{k}" for k in range(N_COMPONENTS)]
+GROUP_COLUMN = "group"
+
+
+def scaled_block(weights: np.ndarray, codes: np.ndarray, labels: list[str]) -> pa.Table:
+    """Peak-scaled filters as nine float32 columns (so that a chunk of each is contiguous) and their
+    group as a dictionary column: what the Ray flow keeps in the object store so that the three steps
+    read and scale the filters once."""
+    # Memory from Arrow's pool, which keeps freed pages: a fresh numpy array of this size pays a page
+    # fault per page, which doubles the cost of this step.
+    x = np.frombuffer(pa.allocate_buffer(len(weights) * N_COMPONENTS * 4), np.float32).reshape(N_COMPONENTS, len(weights))
+    for _ in scaled_chunks(weights, out=x):
+        pass
+    group = pa.DictionaryArray.from_arrays(pa.array(np.asarray(codes, np.int32)), pa.array(labels, pa.string()))
+    return pa.table([*x, group], names=[*SCALED_COLUMNS, GROUP_COLUMN])
+
+
+def block_groups(block: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """Codes and labels of a scaled block's group column."""
+    group = block.column(GROUP_COLUMN).unify_dictionaries().combine_chunks() if block.num_rows else pa.array([], pa.dictionary(pa.int32(), pa.string()))
+    return group.indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False), group.dictionary.to_pylist()
+
+
+def block_chunks(block: pa.Table):
+    """Yield (rows, x) like `scaled_chunks`, from a scaled block (no scaling left to do)."""
+    buffer = np.empty((N_COMPONENTS, CHUNK_ROWS), np.float32)
+    offset = 0
+    for batch in block.select(SCALED_COLUMNS).to_batches():
+        columns = [column.to_numpy() for column in batch.columns]
+        for start in range(0, batch.num_rows, CHUNK_ROWS):
+            x = buffer[:, : min(CHUNK_ROWS, batch.num_rows - start)]
+            for k, column in enumerate(columns):
+                x[k] = column[start : start + x.shape[1]]
+            yield slice(offset + start, offset + start + x.shape[1]), x
+        offset += batch.num_rows
 
 
 # --- step 2: moments -> basis --------------------------------------------------------------------
@@ -96,7 +137,7 @@ class Basis:
     def project(self, weights: np.ndarray) -> np.ndarray:
         """(n, 9) coefficients of the peak-scaled filters on the basis."""
         out = np.empty((len(weights), N_COMPONENTS), np.float32)
-        for rows, x in _scaled_chunks(weights):
+        for rows, x in scaled_chunks(weights):
             out[rows] = (x.T - self.mean) @ self.components.T
         return out
 
@@ -111,14 +152,19 @@ class Moments:
 
     @classmethod
     def of(cls, weights: np.ndarray) -> Moments:
+        return cls.of_chunks(scaled_chunks(weights))
+
+    @classmethod
+    def of_chunks(cls, chunks) -> Moments:
+        """Of the (rows, x) chunks of `scaled_chunks` or `block_chunks`."""
         # One float64 product of the scaled chunk with a row of ones appended gives all three sums.
         sums = np.zeros((N_COMPONENTS + 1, N_COMPONENTS + 1))
-        y = np.ones((N_COMPONENTS + 1, min(CHUNK_ROWS, len(weights))))
-        for _, x in _scaled_chunks(weights):
+        y = np.ones((N_COMPONENTS + 1, CHUNK_ROWS))
+        for _, x in chunks:
             yc = y[:, : x.shape[1]]
             yc[:N_COMPONENTS] = x
             sums += yc @ yc.T
-        return cls(len(weights), sums[-1, :-1].copy(), sums[:-1, :-1].copy())
+        return cls(int(round(sums[-1, -1])), sums[-1, :-1].copy(), sums[:-1, :-1].copy())
 
     def merge(self, other: Moments) -> Moments:
         return Moments(self.n + other.n, self.total + other.total, self.outer + other.outer)
@@ -157,9 +203,13 @@ class CoefficientRange:
 
     @classmethod
     def of(cls, weights: np.ndarray, basis: Basis) -> CoefficientRange:
+        return cls.of_chunks(scaled_chunks(weights), basis)
+
+    @classmethod
+    def of_chunks(cls, chunks, basis: Basis) -> CoefficientRange:
         result = cls()
-        buffer = np.empty((N_COMPONENTS, min(CHUNK_ROWS, len(weights))), np.float32)
-        for _, x in _scaled_chunks(weights):
+        buffer = np.empty((N_COMPONENTS, CHUNK_ROWS), np.float32)
+        for _, x in chunks:
             c = np.matmul(basis.components, x, out=buffer[:, : x.shape[1]])
             np.minimum(result.lo, c.min(axis=1), out=result.lo)
             np.maximum(result.hi, c.max(axis=1), out=result.hi)
@@ -203,6 +253,10 @@ class Histograms:
         bins: int = DEFAULT_BINS,
     ) -> Histograms:
         """Histograms of the filters `weights` whose group is `labels[codes[i]]` (labels may repeat)."""
+        return cls.of_chunks(scaled_chunks(weights), codes, labels, basis, value_range, bins)
+
+    @classmethod
+    def of_chunks(cls, chunks, codes: np.ndarray, labels: list[str], basis: Basis, value_range: CoefficientRange, bins: int = DEFAULT_BINS) -> Histograms:
         result = cls.empty(value_range, bins)
         unique, codes = _unique_labels(codes, labels)
         n_groups = len(unique)
@@ -210,24 +264,24 @@ class Histograms:
         scale = bins / (result.hi - result.lo)
         matrix = (basis.components.astype(np.float64) * scale[:, None]).astype(np.float32)
         shift = (-(basis.components.astype(np.float64) @ basis.mean + result.lo) * scale).astype(np.float32)
-        component_offset = (np.arange(N_COMPONENTS) * n_groups * bins)[:, None]
-        counts = np.zeros(N_COMPONENTS * n_groups * bins, np.int64)
-        size = min(CHUNK_ROWS, len(weights))
-        position, index_buffer = np.empty((N_COMPONENTS, size), np.float32), np.empty((N_COMPONENTS, size), np.intp)
-        for rows, x in _scaled_chunks(weights):
+        counts = np.zeros((N_COMPONENTS, n_groups, bins), np.int64)
+        position, index_buffer = np.empty((N_COMPONENTS, CHUNK_ROWS), np.float32), np.empty((N_COMPONENTS, CHUNK_ROWS), np.intp)
+        for rows, x in chunks:
             t = np.matmul(matrix, x, out=position[:, : x.shape[1]])
             t += shift[:, None]
             np.clip(t, 0, bins - 1, out=t)
             index = index_buffer[:, : x.shape[1]]
             np.copyto(index, t, casting="unsafe")  # truncation: floor for t >= 0
+            # One bincount over a flat (component, group, bin) index spanning only the chunk's groups:
+            # rows come sorted by model, so a chunk mostly holds one group, and a bincount as long as
+            # all groups x bins would cost more than the chunk itself on axes like model_id.
             group = codes[rows]
-            if group[0] == group[-1] and (group == group[0]).all():
-                index += component_offset + group[0] * bins
-            else:
-                index += component_offset
-                index += group * bins
-            counts += np.bincount(index.ravel(), minlength=counts.size)
-        counts = counts.reshape(N_COMPONENTS, n_groups, bins)
+            first, last = int(group.min()), int(group.max())
+            span = last - first + 1
+            index += (np.arange(N_COMPONENTS) * span * bins)[:, None]
+            if span > 1:
+                index += (group - first) * bins
+            counts[:, first : last + 1] += np.bincount(index.ravel(), minlength=N_COMPONENTS * span * bins).reshape(N_COMPONENTS, span, bins)
         result.counts = {label: counts[:, g].copy() for g, label in enumerate(unique) if counts[0, g].any()}
         return result
 
