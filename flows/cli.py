@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     shifts.add_argument("--depth-bins", type=int, default=10, help="bins of conv_depth_norm for --by depth")
     shifts.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address")
     shifts.add_argument("--cache", choices=["auto", "on", "off"], default="auto",
-                        help="keep the scaled filters in Ray's object store between the steps (auto: when they fit in half of it)")
+                        help="keep the scaled filters in Ray's object store between the steps (auto: when they fit in a quarter of it)")
     shifts.set_defaults(run=_shifts)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")

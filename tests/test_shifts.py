@@ -274,6 +274,31 @@ def test_histograms_count_like_numpy_histogram():
         assert np.abs(counts[k] - expected).sum() <= 4  # only float32 ties at bin edges may differ
 
 
+def test_a_scaled_block_gives_the_aggregates_of_its_weights():
+    # What the flow keeps in the object store: two batches whose group dictionaries differ.
+    rng = np.random.default_rng(5)
+    weights = synthetic_filters(rng, 30000, rng.uniform(-1, 1, 30000), rng.uniform(0, 1, 30000))
+    labels = np.array(["b", "a", "c"])[rng.integers(0, 3, 30000)]
+    first, second = slice(0, 12000), slice(12000, 30000)
+    parts = [shifts.scaled_block(weights[s], *shifts.group_codes(pa.array(labels[s]))) for s in (first, second)]
+    block = pa.concat_tables([parts[0], parts[1].slice(0, 0), parts[1]])
+
+    codes, names = shifts.block_groups(block)
+    np.testing.assert_array_equal(np.array(names)[codes], labels)
+    moments = shifts.Moments.of_chunks(shifts.block_chunks(block))
+    reference = shifts.Moments.of(weights[first]).merge(shifts.Moments.of(weights[second]))  # the same chunks
+    assert moments.n == 30000
+    np.testing.assert_allclose(moments.outer, reference.outer, rtol=1e-12)
+    basis = moments.basis()
+    value_range = shifts.CoefficientRange.of_chunks(shifts.block_chunks(block), basis)
+    np.testing.assert_array_equal(value_range.lo, shifts.CoefficientRange.of(weights, basis).lo)
+    histograms = shifts.Histograms.of_chunks(shifts.block_chunks(block), codes, names, basis, value_range)
+    reference = shifts.Histograms.of(weights, *shifts.group_codes(pa.array(labels)), basis, value_range)
+    assert set(histograms.counts) == {"a", "b", "c"}
+    for label, counts in reference.counts.items():
+        np.testing.assert_array_equal(histograms.counts[label], counts)
+
+
 def test_an_all_zero_filter_keeps_divisor_one():
     weights = np.array([[0] * 9, [1, -4, 2, 0, 0, 0, 0, 0, 0]], np.float32)
     np.testing.assert_array_equal(shifts.peak_scaled(weights), [[0] * 9, [0.25, -1, 0.5, 0, 0, 0, 0, 0, 0]])
