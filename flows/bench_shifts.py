@@ -235,6 +235,7 @@ def run_shifts_benchmark(
     ensure_ray(address)
     figures["ray_start_s"] = time.perf_counter() - start
     figures["object_store_bytes"] = ray.cluster_resources().get("object_store_memory", 0)
+    figures["cache_share"] = CACHE_SHARE
     figures["cache_fits"] = n_filters * CACHED_BYTES_PER_FILTER <= CACHE_SHARE * figures["object_store_bytes"]
     figures["first_run_s"], _ = _timed(lambda: run_shifts(db, by, write=False, reuse=False, progress=False), 1)
     for cache in (False, True):  # the run that keeps blocks leaves the object store's pages resident: last
@@ -292,7 +293,7 @@ def print_figures(figures: dict, console=None) -> None:
     mib = 1 << 20
     fits = "fit" if figures["cache_fits"] else "do not fit"
     console.print(f"Ray start {figures['ray_start_s']:.1f} s; first run (workers starting) {figures['first_run_s']:.1f} s; "
-                  f"the scaled filters ({n * 40 / mib:,.0f} MiB) {fits} in half of the object store ({figures['object_store_bytes'] / mib:,.0f} MiB): "
+                  f"the scaled filters ({n * 40 / mib:,.0f} MiB) {fits} in {figures['cache_share']:.0%} of the object store ({figures['object_store_bytes'] / mib:,.0f} MiB): "
                   f"by default the flow {'keeps them' if figures['cache_fits'] else 'reads once per step'}")
     for key in sorted(k for k in figures if k.endswith("_steps")):
         steps = ", ".join(f"{step} {seconds:.2f} s" for step, seconds in figures[key].items())
