@@ -17,8 +17,9 @@ every step runs over contiguous rows: transpose, |w|, peak as eight `np.maximum`
 `max(axis=1)` on (n, 9) costs ~90 alone), divide (~12-17 in all); then moments are one float64
 `y @ y.T` with a row of ones (+12), the range one float32 matmul and a min/max per row (+5), and a
 histogram is the matmul with the bin scale folded into the basis, one add, a clip, a cast and one
-`np.bincount` over a flat (component, group, bin) index for all components and groups (+30, half of
-it the bincount).
+`np.bincount` over a flat (component, group, bin) index spanning the chunk's groups (+34, most of it
+the bincount). Every aggregate takes its chunks from `scaled_chunks` (weights as read) or from
+`block_chunks` (a `scaled_block`, scaled once and kept by the Ray flow between the steps).
 """
 
 from __future__ import annotations
