@@ -191,12 +191,9 @@ def study_recipe(uri: str, by: str, bins: int = 70) -> np.ndarray:
 
 
 def _timed(fn, repeats: int) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+    """Best of `repeats` runs of fn(), and that run's result."""
+    seconds, result, _ = _timed_steps(lambda timings: fn(), repeats)
+    return seconds, result
 
 
 def _timed_steps(fn, repeats: int) -> tuple[float, object, dict]:

@@ -524,24 +524,14 @@ def print_shift_matrix(result: ShiftResult, console=None, max_groups: int = 24) 
     console.print(f"selection: {result.selection or 'all filters'}; basis over {result.basis_selection or 'all filters'} ({result.basis.n:,} filters), explained-variance ratios {ratio}")
 
 
-def shifts_command(
-    db: str | os.PathLike,
-    by: str,
-    where: str | None = None,
-    basis: str | os.PathLike | None = None,
-    bins: int = DEFAULT_BINS,
-    depth_bins: int = DEFAULT_DEPTH_BINS,
-    address: str | None = None,
-    cache: bool | None = None,
-    console=None,
-) -> int:
-    """`filterdb shifts`: run the analysis, write the tables, print the matrix; exit status 2 with the
-    reason on bad input."""
+def shifts_command(db: str | os.PathLike, by: str, console=None, **options) -> int:
+    """`filterdb shifts`: run the analysis (`options` as for `run_shifts`), write the tables, print the
+    matrix; exit status 2 with the reason on bad input."""
     from rich.console import Console
 
     console = console or Console()
     try:
-        result = run_shifts(db, by, where=where, basis=basis, bins=bins, depth_bins=depth_bins, address=address, cache=cache)
+        result = run_shifts(db, by, **options)
     except ShiftInputError as error:
         Console(stderr=True).print(f"[red]filterdb shifts:[/red] {error}", highlight=False)
         return 2

@@ -103,7 +103,7 @@ def scaled_block(weights: np.ndarray, codes: np.ndarray, labels: list[str]) -> p
 
 def block_groups(block: pa.Table) -> tuple[np.ndarray, list[str]]:
     """Codes and labels of a scaled block's group column."""
-    group = block.column(GROUP_COLUMN).unify_dictionaries().combine_chunks() if block.num_rows else pa.array([], pa.dictionary(pa.int32(), pa.string()))
+    group = block.column(GROUP_COLUMN).unify_dictionaries().combine_chunks()
     return group.indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False), group.dictionary.to_pylist()
 
 
