@@ -48,10 +48,11 @@ def _quality(args) -> int:
     if args.backfill:
         print(f"recomputed the metrics of {backfill_metrics(args.db, eps=args.eps, device=args.device)} models")
     thresholds = DegeneracyThresholds(args.sparse, args.low_diversity, args.random_looking)
-    per_model, worst = quality_report(args.db, args.where, thresholds)
-    if args.out:
-        write_report(per_model, args.out)
-    print_report(per_model, worst, thresholds, top=args.top, as_json=args.format == "json")
+    report = quality_report(args.db, args.where, thresholds)
+    written = write_report(report.per_model, args.out) if args.out else None
+    print_report(report, top=args.top, as_json=args.format == "json")
+    if written:
+        print(written, file=sys.stderr if args.format == "json" else sys.stdout)
     return 0
 
 
@@ -152,13 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one subcommand; bad input (UsageError) is one message on stderr and exit status 2."""
+    from ops.errors import UsageError
+
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "forwards_arguments", False):
         args.args = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return args.run(args)
+    try:
+        return args.run(args)
+    except UsageError as error:
+        print(f"filterdb {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

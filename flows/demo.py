@@ -11,8 +11,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+
+from ops.errors import UsageError
 
 MODELS_FOLDER = "models"
 UNTRAINED_TIMM = {"resnet18": "resnet", "mobilenetv3_small_100": "mobilenet", "regnetx_002": "regnet",
@@ -109,52 +114,101 @@ def describe(record: dict) -> str:
     return f"test MSE {m['test_mse']:.4f} (noisy input {m['noisy_mse']:.4f})"
 
 
-def analyse_demo_db(db: str) -> None:
-    """The study's two findings on the zoo: degenerated layers, and shifts by visual category and depth."""
-    from flows.quality import print_report, quality_report
-    from flows.shifts import print_shift_matrix, run_shifts
-    from ops.metrics import DegeneracyThresholds
+def primary_format(model: DemoModel, number: int) -> str:
+    """The format a model is catalogued in, rotating. Models with a transposed convolution (the
+    denoisers) rotate through the formats that keep the graph (TorchScript, ONNX): a bare state dict
+    cannot tell a transposed layer from an ordinary one, and the analyses leave transposed layers out."""
+    from ops.demo_zoo import FORMATS, GRAPH_FORMATS
 
-    per_model, worst = quality_report(db)
-    print_report(per_model, worst, DegeneracyThresholds(), top=10)
-    for axis in ("visual_category", "depth"):
-        print_shift_matrix(run_shifts(db, axis, progress=False))
+    formats = FORMATS if model.task == "classification" else GRAPH_FORMATS
+    return formats[number % len(formats)]
+
+
+TRAINED = "task != 'untrained' AND model_id NOT LIKE '%@%'"
+"""The demo's analyses: trained models, each once (the `@<format>` rows are copies of one model)."""
+CONTROLS = "task = 'untrained'"
+"""Random-weight timm models: a control group that the quality metrics must call random-looking."""
+AXES = ("visual_category", "depth")
+
+
+@dataclass
+class DemoFindings:
+    """What the demo's analyses found, for its closing summary."""
+
+    trained_models: int = 0
+    degenerated_models: int = 0
+    flagged: dict = field(default_factory=dict)
+    controls: int = 0
+    controls_random_looking: float = 0.0
+    analysed_filters: int = 0
+    variance_ratios: tuple = ()
+    largest_shift: dict = field(default_factory=dict)
+
+
+def analyse_demo_db(db: str) -> DemoFindings:
+    """The study's two findings on the zoo, over the trained models: degenerated layers, and shifts by
+    visual category and depth; the untrained models as a control group."""
+    from flows.quality import LABELS, print_report, quality_report
+    from flows.shifts import print_shift_matrix, run_shifts
+
+    findings = DemoFindings()
+    trained = quality_report(db, TRAINED)
+    print_report(trained, top=10, title="trained models: ")
+    per_model = trained.per_model
+    findings.trained_models = len(per_model)
+    findings.degenerated_models = int((per_model.share_degenerated > 0).sum())
+    findings.flagged = {label: int(trained.layers[label].sum()) for label in LABELS}
+    controls = quality_report(db, CONTROLS)
+    findings.controls = len(controls.per_model)
+    findings.controls_random_looking = float(controls.layers["random_looking"].mean())
+    print(f"control group ({findings.controls} untrained timm models, random weights): "
+          f"{findings.controls_random_looking:.0%} of their {len(controls.layers)} 3x3 layers are random-looking")
+    for axis in AXES:
+        result = run_shifts(db, axis, where=TRAINED, progress=False)
+        print_shift_matrix(result)
+        a, b = np.unravel_index(np.argmax(result.kl_weighted), result.kl_weighted.shape)
+        findings.largest_shift[axis] = (result.groups[a], result.groups[b], float(result.kl_weighted[a, b]))
+        findings.analysed_filters = int(result.sizes.sum())
+        findings.variance_ratios = tuple(result.basis.explained_variance_ratio)
+    return findings
 
 
 def run_demo(out: str, seeds: int = 2, epochs: int = 3, quick: bool = False) -> int:
-    """Train (or reuse) the zoo under `out/models`, write `out/catalog.csv`, extract into `out/db`.
+    """Train (or reuse) the zoo under `out/models`, write `out/catalog.csv`, extract into `out/db`,
+    analyse it and end with a summary of what was stored and found.
 
-    Returns 0 when every model trained and extracted, 1 otherwise.
+    Returns 0 when every model trained, extracted and the analyses ran; 1 otherwise, and then the
+    last lines say what failed.
     """
     os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
 
     from ops.catalog import write_catalog
-    from ops.demo_zoo import FORMATS
+    from ops.demo_zoo import FORMATS, INIT_SCALE
     from flows.extract import extract_catalog
 
     if seeds < 1 or epochs < 1:
-        print(f"demo: --seeds and --epochs must be at least 1 (got seeds={seeds}, epochs={epochs})")
-        return 2
+        raise UsageError(f"--seeds and --epochs must be at least 1 (got seeds={seeds}, epochs={epochs})")
     out_dir = Path(out)
     models_dir = out_dir / MODELS_FOLDER
     plan = demo_plan(seeds, quick)
     recipe = {"epochs": 1, "max_batches": 4} if quick else {"epochs": epochs, "max_batches": None}
+    recipe["init_scale"] = INIT_SCALE
     copied = cross_format_model(plan)
-    rows, failed, datasets = [], [], {}
+    rows, failed, datasets = [], {}, {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny convolutions: one thread wastes nothing and never fights other processes
     started = time.perf_counter()
     try:
         for number, model in enumerate(plan, start=1):
-            fmt = FORMATS[(number - 1) % len(FORMATS)]
+            fmt = primary_format(model, number - 1)
             prefix = f"[{number:>{len(str(len(plan)))}}/{len(plan)}] {model.model_id:<34}"
             t0 = time.perf_counter()
             try:
                 record, reused = train_or_reuse(model, models_dir / model.model_id, recipe, datasets)
             except Exception as error:  # one model failing must not stop the zoo
-                failed.append(model.model_id)
-                print(f"{prefix} FAILED: {type(error).__name__}: {error}", flush=True)
+                failed[model.model_id] = f"{type(error).__name__}: {error}"
+                print(f"{prefix} FAILED: {failed[model.model_id]}", flush=True)
                 continue
             action = "reused" if reused else f"trained in {time.perf_counter() - t0:4.1f}s"
             print(f"{prefix} {action:<16} {describe(record)}  -> catalogued as {fmt}", flush=True)
@@ -170,9 +224,59 @@ def run_demo(out: str, seeds: int = 2, epochs: int = 3, quick: bool = False) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     catalog = out_dir / "catalog.csv"
     write_catalog(rows, catalog)
-    summary = extract_catalog(str(catalog), str(out_dir / "db"))
-    analyse_demo_db(str(out_dir / "db"))
-    print(f"models:  {models_dir}/<model_id>/ ({', '.join(FORMATS)})\n"
-          f"catalog: {catalog} ({len(rows)} rows; `@<format>` rows repeat {copied.model_id} in the other formats)\n"
-          f"DB:      {out_dir / 'db'} (models.lance, layers.lance, filters.lance)")
-    return 1 if failed or summary.failed else 0
+    db = out_dir / "db"
+    summary = extract_catalog(str(catalog), str(db))
+    findings, analysis_error = None, None
+    if not failed and not summary.failed:
+        try:
+            findings = analyse_demo_db(str(db))
+        except Exception as error:  # noqa: BLE001 - reported in the closing lines, with the traceback above them
+            traceback.print_exc()
+            last = str(error).strip().splitlines()  # a RayTaskError's text is the whole remote traceback
+            analysis_error = f"{type(error).__name__}: {last[-1] if last else ''}"
+    print_closing_summary(out_dir, catalog, rows, copied, failed, summary, findings, analysis_error,
+                          time.perf_counter() - started)
+    return 1 if failed or summary.failed or analysis_error else 0
+
+
+def print_closing_summary(out_dir: Path, catalog: Path, rows: list[dict], copied: DemoModel, failed: dict,
+                          summary, findings: DemoFindings | None, analysis_error: str | None, seconds: float) -> None:
+    """The demo's last lines: what was stored and found and where it is, or what failed and what to do."""
+    from ops.store import FilterDB
+
+    db = out_dir / "db"
+    stored_filters = sum(FilterDB(db).models(columns=["n_filters_3x3"], where="status = 'ok'")
+                         .column("n_filters_3x3").to_pylist())
+    copies = sum(1 for row in rows if row.get("copy_of"))
+    controls = sum(1 for row in rows if row.get("trained") == "false")
+    lines = [f"filterdb demo: {'FAILED' if failed or summary.failed or analysis_error else 'done'} in {seconds:.0f} s",
+             f"  models:   {len(summary.stored) + len(summary.skipped)} of {len(rows)} catalog rows stored "
+             f"({len(rows) - copies - controls} trained, {controls} untrained controls, {copies} format copies of "
+             f"{copied.model_id}); {len(summary.failed)} failed to extract, {len(failed)} failed to train"]
+    if findings is not None:
+        ratios = findings.variance_ratios
+        lines += [
+            f"  filters:  {stored_filters:,} 3x3 filters in the DB; analysed: {findings.analysed_filters:,} of "
+            f"the trained models (each once, transposed layers left out: where {TRAINED!r})",
+            f"  quality:  {findings.degenerated_models} of {findings.trained_models} trained models have a degenerated "
+            f"3x3 layer (layers: {', '.join(f'{n} {label}' for label, n in findings.flagged.items())}); "
+            f"controls: {findings.controls_random_looking:.0%} of their layers random-looking, as random weights must be",
+            f"  basis:    the first three of nine components carry {sum(ratios[:3]):.0%} of the variance "
+            f"({', '.join(f'{r:.2f}' for r in ratios[:4])}, ...)",
+            *[f"  shift:    along {axis}, the largest weighted KL is {kl:.3f} ({a} vs {b})"
+              for axis, (a, b, kl) in findings.largest_shift.items()],
+        ]
+    lines += [f"  DB:       {db} (models, layers, filters; analysis tables under {db / 'analysis'})",
+              f"  catalog:  {catalog}; models: {out_dir / MODELS_FOLDER}/<model_id>/ (one folder each, four formats)"]
+    if failed:
+        lines += [f"  FAILED to train {model_id}: {error}" for model_id, error in failed.items()]
+    if summary.failed:
+        lines += [f"  FAILED to extract {model_id}: {error}" for model_id, error in summary.failed.items()]
+    if analysis_error:
+        lines.append(f"  FAILED analysis: {analysis_error}")
+    if failed or summary.failed or analysis_error:
+        lines.append(f"  what to do: fix what the lines above name, then run `filterdb demo --out {out_dir}` again "
+                     f"(trained models and stored models are reused)")
+    else:
+        lines.append(f"  next:     filterdb shifts --db {db} --by task --where \"{TRAINED}\"")
+    print("\n".join(lines), flush=True)

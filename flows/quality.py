@@ -7,7 +7,7 @@ name any layer or model column (`family = 'resnet' AND conv_depth_norm > 0.5`).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import duckdb
@@ -18,18 +18,26 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from ops.errors import UsageError
 from ops.metrics import DegeneracyThresholds, classify_layer, quality_of_layers
+from ops.predicates import predicate_error
 from ops.schema import QUALITY_COLUMNS
 from ops.store import FilterDB, sql_list
 
 LABELS = ("sparse", "low_diversity", "random_looking")
+RANKING = {"sparse": ("sparsity", False), "low_diversity": ("variance_entropy_norm", True),
+           "random_looking": ("variance_entropy_norm", False)}
+"""label -> (metric, ascending): most sparse, lowest entropy and most random-looking layers first."""
+TITLES = {"sparse": "most sparse layers", "low_diversity": "lowest-diversity layers",
+          "random_looking": "most random-looking layers"}
 
 
 def select_layers(db: FilterDB, where: str | None = None) -> pd.DataFrame:
     """3x3 layers of complete models, with the models' columns, filtered by a SQL predicate."""
     layers = db.dataset("layers")
     if layers is None:
-        raise ValueError(f"{db.path}: no layers.lance: run `filterdb extract` first")
+        raise UsageError(f"no DB at {db.path} (no layers.lance there): run `filterdb extract CATALOG --db {db.path}` "
+                         f"first, or check --db")
     layers = layers.to_table()
     models = db.models(where="status = 'ok'")
     models = models.drop_columns([c for c in models.column_names if c in layers.column_names and c != "model_id"])
@@ -39,13 +47,31 @@ def select_layers(db: FilterDB, where: str | None = None) -> pd.DataFrame:
     try:
         return duckdb.sql(query).df()
     except duckdb.Error as error:
-        raise ValueError(f"--where {where!r}: {str(error).splitlines()[0]}") from None
+        raise predicate_error(where, error, [*layers.column_names, *models.column_names[1:]]) from None
+
+
+@dataclass
+class QualityReport:
+    """Per-model shares of degenerated layers (worst first) and every selected 3x3 layer with its labels."""
+
+    per_model: pd.DataFrame
+    layers: pd.DataFrame
+    thresholds: DegeneracyThresholds
+
+    def ranked(self, label: str) -> pd.DataFrame:
+        """The layers carrying `label`, in that label's own direction (RANKING)."""
+        metric, ascending = RANKING[label]
+        flagged = self.layers[self.layers[label]]
+        return flagged.sort_values([metric, "model_id", "layer_index"], ascending=[ascending, True, True]).reset_index(drop=True)
 
 
 def quality_report(db_path: str, where: str | None = None,
-                   thresholds: DegeneracyThresholds = DegeneracyThresholds()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-model shares of degenerated layers, ranked worst first; every labelled layer)."""
+                   thresholds: DegeneracyThresholds = DegeneracyThresholds()) -> QualityReport:
+    """Degeneracy of the selected 3x3 layers of the `ok` models; raises UsageError when none is selected."""
     layers = select_layers(FilterDB(db_path), where)
+    if layers.empty:
+        raise UsageError(f"no 3x3 layers of stored models match {where!r} in {db_path}: relax --where"
+                         if where else f"{db_path}: no 3x3 layers of stored models (run `filterdb extract` first)")
     labels = [classify_layer(row, thresholds) for row in layers[list(QUALITY_COLUMNS)].to_dict("records")]
     for label in LABELS:
         layers[label] = [label in labelled for labelled in labels]
@@ -60,14 +86,14 @@ def quality_report(db_path: str, where: str | None = None,
         .sort_values(["share_degenerated", "share_sparse", "model_id"], ascending=[False, False, True])
     )
     columns = ["model_id", "layer_index", "layer_name", "kind", "conv_depth_norm", "n_filters", *QUALITY_COLUMNS, *LABELS]
-    worst = layers[layers["degenerated"]][columns].sort_values(
-        ["sparsity", "variance_entropy_norm"], ascending=[False, True])
-    return per_model.reset_index(drop=True), worst.reset_index(drop=True)
+    return QualityReport(per_model.reset_index(drop=True), layers[columns], thresholds)
 
 
-def write_report(per_model: pd.DataFrame, out: str) -> None:
-    """Per-model report as .lance, .parquet or .csv, by the file's suffix."""
+def write_report(per_model: pd.DataFrame, out: str) -> str:
+    """Per-model report as .lance, .parquet or .csv, by the file's suffix; returns what was written."""
     suffix = Path(out).suffix.lower()
+    if suffix not in (".lance", ".parquet", ".csv"):
+        raise UsageError(f"--out {out}: unknown format (use .lance, .parquet or .csv)")
     table = pa.Table.from_pandas(per_model, preserve_index=False)
     if suffix == ".lance":
         import lance
@@ -77,34 +103,46 @@ def write_report(per_model: pd.DataFrame, out: str) -> None:
         import pyarrow.parquet as pq
 
         pq.write_table(table, out)
-    elif suffix == ".csv":
-        per_model.to_csv(out, index=False)
     else:
-        raise ValueError(f"--out {out}: unknown format (use .lance, .parquet or .csv)")
+        per_model.to_csv(out, index=False)
+    return f"wrote the per-model table ({len(per_model)} models) to {out}"
 
 
-def print_report(per_model: pd.DataFrame, worst: pd.DataFrame, thresholds: DegeneracyThresholds,
-                 top: int = 15, as_json: bool = False) -> None:
+def print_report(report: QualityReport, top: int = 15, as_json: bool = False, title: str = "") -> None:
+    """The per-model table and, per label, its most extreme layers; each says how many it shows of how many."""
     if as_json:
-        print(json.dumps({"thresholds": asdict(thresholds), "models": per_model.to_dict("records"),
-                          "worst_layers": worst.head(top * 3).to_dict("records")}, default=_json_default))
+        print(json.dumps({"thresholds": asdict(report.thresholds), "models": report.per_model.to_dict("records"),
+                          "layers": {label: report.ranked(label).head(top).to_dict("records") for label in LABELS},
+                          "layers_flagged": {label: int(report.layers[label].sum()) for label in LABELS}},
+                         default=_json_default))
         return
     console = Console(width=160)
-    table = Table(title=f"degenerated 3x3 layers per model (thresholds: {asdict(thresholds)})")
+    per_model = report.per_model
+    table = Table(title=f"{title}degenerated 3x3 layers per model, worst first ({_shown(top, len(per_model), 'models')}; "
+                        f"thresholds: {asdict(report.thresholds)})")
     for column in ("model", "3x3 layers", "sparse", "low diversity", "random-looking", "degenerated"):
         table.add_column(column, justify="right" if column != "model" else "left")
     for row in per_model.head(top).itertuples():
         table.add_row(row.model_id, str(row.n_3x3_layers), f"{row.share_sparse:.0%}", f"{row.share_low_diversity:.0%}",
                       f"{row.share_random_looking:.0%}", f"{row.share_degenerated:.0%}")
     console.print(table)
-    layers = Table(title="most degenerated layers")
-    for column in ("model", "layer", "kind", "filters", "sparsity", "VE norm", "labels"):
-        layers.add_column(column)
-    for row in worst.head(top).itertuples():
-        labels = ", ".join(label for label in LABELS if getattr(row, label))
-        layers.add_row(row.model_id, f"{row.layer_index} {row.layer_name}", row.kind, str(row.n_filters),
-                       f"{row.sparsity:.2f}", f"{row.variance_entropy_norm:.2f}", labels)
-    console.print(layers)
+    for label in LABELS:
+        ranked = report.ranked(label)
+        if ranked.empty:
+            console.print(f"{title}{TITLES[label]}: none of {len(report.layers)} layers")
+            continue
+        layers = Table(title=f"{title}{TITLES[label]} ({_shown(top, len(ranked), 'layers')}, of {len(report.layers)} selected)")
+        for column in ("model", "layer", "kind", "filters", "sparsity", "VE norm", "labels"):
+            layers.add_column(column)
+        for row in ranked.head(top).itertuples():
+            labels = ", ".join(name for name in LABELS if getattr(row, name))
+            layers.add_row(row.model_id, f"{row.layer_index} {row.layer_name}", row.kind, str(row.n_filters),
+                           f"{row.sparsity:.2f}", f"{row.variance_entropy_norm:.2f}", labels)
+        console.print(layers)
+
+
+def _shown(top: int, total: int, what: str) -> str:
+    return f"all {total} {what}" if top >= total else f"{top} of {total} {what}"
 
 
 def _json_default(value):
@@ -117,6 +155,9 @@ def backfill_metrics(db_path: str, eps: float = 0.01, device: str = "cpu") -> in
     """Recompute the metrics of every stored 3x3 layer from `filters` and rewrite `layers` in one commit."""
     db = FilterDB(db_path)
     filters, layers = db.dataset("filters"), db.dataset("layers")
+    if filters is None or layers is None:
+        raise UsageError(f"no DB at {db.path} (no filters.lance and layers.lance there): run `filterdb extract` first, "
+                         f"or check --db")
     table = layers.to_table()
     metrics = {name: table.column(name).to_pylist() for name in QUALITY_COLUMNS}
     position = {key: i for i, key in enumerate(zip(table.column("model_id").to_pylist(),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from ops.errors import UsageError
 from ops.schema import META_COLUMNS
 from ops.sources import SOURCES
 
@@ -17,7 +18,7 @@ OPTIONAL_COLUMNS = ("arch", "input_size", "pretrained", "weights_file", "seed")
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "y"), ("0", "false", "no", "n")
 
 
-class CatalogError(ValueError):
+class CatalogError(UsageError):
     """A catalog that cannot be used; the message lists every problem found, by row and column."""
 
 

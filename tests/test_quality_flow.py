@@ -13,8 +13,9 @@ from torch import nn
 
 from flows.cli import main
 from flows.extract import extract_catalog_local
-from flows.quality import backfill_metrics, quality_report
+from flows.quality import backfill_metrics, print_report, quality_report
 from ops.catalog import write_catalog
+from ops.metrics import DegeneracyThresholds
 from ops.schema import QUALITY_COLUMNS
 
 
@@ -53,27 +54,58 @@ def db(tmp_path_factory):
 
 
 def test_random_model_is_random_looking_and_trained_is_not(db):
-    per_model, _ = quality_report(db)
-    shares = per_model.set_index("model_id")
+    shares = quality_report(db).per_model.set_index("model_id")
     assert shares.loc["random", "share_random_looking"] == 1.0
     assert shares.loc["trained", "share_random_looking"] < 1.0
     assert shares.loc["trained", "share_sparse"] == 0.0
 
 
 def test_zeroed_layer_is_reported_sparse_and_ranked_first(db):
-    per_model, worst = quality_report(db)
-    assert per_model.set_index("model_id").loc["sparse", "share_sparse"] == pytest.approx(1 / 3)
-    top = worst.iloc[0]
+    report = quality_report(db)
+    assert report.per_model.set_index("model_id").loc["sparse", "share_sparse"] == pytest.approx(1 / 3)
+    top = report.ranked("sparse").iloc[0]
     assert (top["model_id"], top["layer_index"], bool(top["sparse"])) == ("sparse", 1, True)
     assert top["sparsity"] == pytest.approx(28 / 32)
 
 
+def test_each_label_is_ranked_in_its_own_direction(db):
+    report = quality_report(db, thresholds=DegeneracyThresholds(sparse=0.0, low_diversity=2.0, random_looking=0.0))
+    layers = report.layers
+    assert report.ranked("sparse").sparsity.tolist() == sorted(layers[layers["sparse"]].sparsity, reverse=True)
+    assert report.ranked("low_diversity").variance_entropy_norm.tolist() == sorted(layers.variance_entropy_norm)
+    most_random = report.ranked("random_looking").variance_entropy_norm.tolist()
+    assert most_random == sorted(layers.variance_entropy_norm, reverse=True) and most_random[0] > 1.0
+
+
+def test_the_printed_report_says_how_many_rows_it_shows_of_how_many(db, capsys):
+    report = quality_report(db, thresholds=DegeneracyThresholds(sparse=0.0, low_diversity=2.0, random_looking=0.0))
+    print_report(report, top=2)
+    out = capsys.readouterr().out
+    assert "2 of 3 models" in out
+    assert f"2 of {len(report.layers)} layers" in out
+
+
 def test_where_selects_on_model_and_layer_columns(db):
-    per_model, _ = quality_report(db, "family = 'cnn' AND layer_index > 0")
+    per_model = quality_report(db, "family = 'cnn' AND layer_index > 0").per_model
     assert set(per_model["model_id"]) == {"trained", "sparse"}
     assert set(per_model["n_3x3_layers"]) == {2}
-    with pytest.raises(ValueError, match="--where"):
-        quality_report(db, "no_such_column = 1")
+
+
+@pytest.mark.parametrize("where, message", [
+    ("famly = 'cnn'", "unknown column 'famly'; the columns are: model_id, layer_index,"),
+    ("family = = 'cnn'", "is not a SQL condition"),
+    ("family = 'nothing'", "no 3x3 layers of stored models match"),
+])
+def test_a_bad_or_empty_selection_is_one_line_and_exit_status_2(db, capsys, where, message):
+    assert main(["quality", "--db", db, "--where", where]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err and ".rs:" not in err
+
+
+def test_a_missing_db_is_one_line_and_exit_status_2(tmp_path, capsys):
+    assert main(["quality", "--db", str(tmp_path / "nonexistent")]) == 2
+    err = capsys.readouterr().err
+    assert "no DB at" in err and "filterdb extract" in err and len(err.strip().splitlines()) == 1
 
 
 def test_backfill_recomputes_the_stored_metrics(db, tmp_path):
@@ -93,6 +125,9 @@ def test_backfill_recomputes_the_stored_metrics(db, tmp_path):
 
 def test_cli_json_and_file_outputs(db, tmp_path, capsys):
     assert main(["quality", "--db", db, "--format", "json", "--out", str(tmp_path / "q.parquet")]) == 0
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
     assert {m["model_id"] for m in report["models"]} == {"trained", "sparse", "random"}
+    assert report["layers"]["sparse"][0]["model_id"] == "sparse"
     assert pd.read_parquet(tmp_path / "q.parquet").shape[0] == 3
+    assert f"to {tmp_path / 'q.parquet'}" in captured.err
