@@ -32,6 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flows.ray_runtime import ensure_ray
+from ops.errors import UsageError
+from ops.predicates import predicate_error
 from ops.schema import FILTERS_SCHEMA
 from ops.shifts import (
     DEFAULT_BINS,
@@ -68,7 +70,7 @@ read that fills the store)."""
 CACHED_BYTES_PER_FILTER = 4 * N_COMPONENTS + 4
 
 
-class ShiftInputError(ValueError):
+class ShiftInputError(UsageError):
     """Bad input to a shift analysis (DB, axis, predicate, basis), with what to do about it."""
 
 
@@ -136,7 +138,7 @@ def _check_selection(filters: lance.LanceDataset, predicate: str | None, where: 
     try:
         found = filters.scanner(columns=["kind"], filter=predicate, limit=1).to_table().num_rows
     except Exception as error:  # noqa: BLE001 - Lance raises several types for a bad predicate
-        raise ShiftInputError(f"bad predicate {where!r}: {error}. Write a SQL condition on filters.lance columns, e.g. \"task = 'classification' AND conv_depth_norm <= 0.5\"") from None
+        raise predicate_error(where, error, [c for c in filters.schema.names if c != "weights"]) from None
     if found == 0:
         raise ShiftInputError(f"no filters match {predicate or 'all filters'!r} in {filters.uri}: relax --where or check the DB")
 
@@ -246,7 +248,9 @@ def _histograms_of_scaled(block: pa.Table, basis: Basis, value_range: Coefficien
 def _block_task():
     import ray
 
-    return ray.remote(num_cpus=1)(lambda block_fn, block, kwargs: block_fn(block, **kwargs))
+    # A read task whose fragments the predicate empties yields a block without rows and without
+    # columns, which map_batches passes on without calling its function: such a block adds nothing.
+    return ray.remote(num_cpus=1)(lambda block_fn, block, kwargs: block_fn(block, **kwargs) if block.num_rows else None)
 
 
 def _fold_blocks(blocks: list, block_fn, initial, concurrency: int | None = None, **kwargs):
@@ -261,7 +265,8 @@ def _fold_blocks(blocks: list, block_fn, initial, concurrency: int | None = None
         while waiting and len(running) < limit:
             running.append(_block_task().remote(block_fn, waiting.pop(), kwargs))
         done, running = ray.wait(running, num_returns=1)
-        result = result.merge(ray.get(done[0]))
+        partial = ray.get(done[0])
+        result = result if partial is None else result.merge(partial)
     return result
 
 
@@ -526,15 +531,11 @@ def print_shift_matrix(result: ShiftResult, console=None, max_groups: int = 24) 
 
 def shifts_command(db: str | os.PathLike, by: str, console=None, **options) -> int:
     """`filterdb shifts`: run the analysis (`options` as for `run_shifts`), write the tables, print the
-    matrix; exit status 2 with the reason on bad input."""
+    matrix. Bad input raises ShiftInputError (a UsageError: the CLI prints it, exit status 2)."""
     from rich.console import Console
 
     console = console or Console()
-    try:
-        result = run_shifts(db, by, **options)
-    except ShiftInputError as error:
-        Console(stderr=True).print(f"[red]filterdb shifts:[/red] {error}", highlight=False)
-        return 2
+    result = run_shifts(db, by, **options)
     print_shift_matrix(result, console)
     console.print(f"tables: {Path(db) / 'analysis'} (basis, histograms, shifts)")
     return 0

@@ -1,29 +1,37 @@
 """Distribution shift between groups of filters: the study's recipe (design.md, "Distribution shift")
 written as small aggregates that merge, so blocks combine in any order on any number of workers.
 
-    Moments          count, sum and sum of outer products of the peak-scaled filters (float64) -> Basis
+    Moments          count, sum and sum of outer products of the peak-scaled filters (exact) -> Basis
     CoefficientRange min / max of every component's coefficient over the selection
     Histograms       per group x component counts, `bins` bins over that global range
     ShiftResult      symmetric KL per component and its explained-variance-weighted sum, every pair
 
 The same classes serve the single-process path (`analyse`) and the Ray flow (flows/shifts.py).
-Results do not depend on how the rows are split into blocks: counts and min/max are exact, and the
-basis is rounded to float32 (the precision the projection runs in), which absorbs the last-bit
-differences of float64 sums taken in another order.
+
+Results are identical, bit for bit, however the rows are split into blocks, batches and chunks and
+in whatever order partials merge, on any BLAS and thread count, because every sum taken is of
+integers whose partial sums stay below 2^53, which float64 holds exactly, so any order, tiling or
+FMA gives the same value: a peak-scaled value x is held as q = round(x * 2^24) (at most 3e-8 from x,
+and nothing for |x| >= 1/2, where float32's own step is 2^-24); moments are two float64 products a
+chunk of q split into 12-bit halves, the projection is q times the components rounded to integers
+over 2^25, and chunks add up in int64 and Python integers. Counts and min / max merge exactly, and
+the rest (covariance, basis, bin edges, KL) is computed once on the driver from these exact values.
 
 Hot path (ns per filter on one core of the 2-core reference machine): the weights are worked on in
 chunks of `CHUNK_ROWS` rows that stay in cache, in reused buffers, transposed to (9, rows) so that
 every step runs over contiguous rows: transpose, |w|, peak as eight `np.maximum` of rows (a row-wise
-`max(axis=1)` on (n, 9) costs ~90 alone), divide (~12-17 in all); then moments are one float64
-`y @ y.T` with a row of ones (+12), the range one float32 matmul and a min/max per row (+5), and a
-histogram is the matmul with the bin scale folded into the basis, one add, a clip, a cast and one
-`np.bincount` over a flat (component, group, bin) index spanning the chunk's groups (+34, most of it
-the bincount). Every aggregate takes its chunks from `scaled_chunks` (weights as read) or from
+`max(axis=1)` on (n, 9) costs ~90 alone), divide, round to q, copy to float64 (~11 in all; reading a
+kept block's q into float64 chunks costs 4); then moments are the split of q and two float64
+products (+16), the range one float64 matmul and a min/max per row (+6), and a histogram is that
+matmul, a multiply and an add to the bin position, a clip, a cast and one `np.bincount` over a flat
+(component, group, bin) index spanning the chunk's groups (+29, most of it the cast and the
+bincount). Every aggregate takes its chunks from `scaled_chunks` (weights as read) or from
 `block_chunks` (a `scaled_block`, scaled once and kept by the Ray flow between the steps).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +44,16 @@ DEFAULT_DEPTH_BINS = 10
 EPSILON = float(np.finfo(np.float32).eps)
 """Probability given to empty bins before a histogram is renormalised (the study's floor)."""
 CHUNK_ROWS = 8192
+SCALE_BITS = 24
+SCALE = float(2**SCALE_BITS)
+"""Peak-scaled values are held as integers q = x * 2^24 (|q| <= 2^24): a sum of their products is exact."""
+QUANTUM = 1 / SCALE
+SPLIT = float(2**12)
+"""Moments split q = hi * 2^12 + lo (|hi| <= 2^12, |lo| <= 2^11) so that products of a chunk sum exactly."""
+INT64_CHUNKS = 1 << 13
+"""Chunks whose moments int64 adds exactly (each below 2^49) before they go into Python integers."""
+COMPONENT_SCALE = float(2**25)
+"""The projection multiplies q by the components as integers round(c * 2^25), |c| <= 1."""
 MISSING = "(missing)"
 """Group label of rows whose axis value is null."""
 
@@ -52,26 +70,29 @@ def weights_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def peak_scaled(weights: np.ndarray) -> np.ndarray:
-    """Every filter divided by its own absolute peak max |w| (step 1 of the recipe); an all-zero filter
-    keeps divisor 1."""
+    """Every filter divided by its own absolute peak max |w| (step 1 of the recipe), as the aggregates
+    see it: rounded to a multiple of 2^-24 (float32, exact); an all-zero filter keeps divisor 1."""
     out = np.empty_like(weights, dtype=np.float32)
-    for rows, x in scaled_chunks(weights):
-        out[rows] = x.T
+    for rows, q in scaled_chunks(weights):
+        out[rows] = q.T * QUANTUM
     return out
 
 
 def scaled_chunks(weights: np.ndarray, out: np.ndarray | None = None):
-    """Yield (rows, x): the peak-scaled filters of consecutive chunks of (n, 9) weights, transposed to
-    (9, rows) float32; x is a view of `out` (9, n) if given.
+    """Yield (rows, q): the peak-scaled filters of consecutive chunks of (n, 9) weights as integers
+    q = round(w / max |w| * 2^24) (the division in float32), transposed to (9, rows) float64; with
+    `out` ((9, n) float32), q is written there too (exactly: |q| <= 2^24).
 
-    Otherwise x lives in a buffer reused for the next chunk (fresh arrays of this size cost a page
-    fault per page on every chunk); use it before asking for the next one."""
+    q lives in a buffer reused for the next chunk (fresh arrays of this size cost a page fault per
+    page on every chunk); use it before asking for the next one. Weights are finite (extraction
+    refuses others)."""
     size = max(1, min(CHUNK_ROWS, len(weights)))
-    buffer, magnitude, divisor = np.empty((N_COMPONENTS, size), np.float32), np.empty((N_COMPONENTS, size), np.float32), np.empty(size, np.float32)
+    buffer, scaled = np.empty((N_COMPONENTS, size)), np.empty((N_COMPONENTS, size), np.float32)
+    magnitude, divisor = np.empty((N_COMPONENTS, size), np.float32), np.empty(size, np.float32)
     for start in range(0, len(weights), size):
         chunk = weights[start : start + size]
         rows = slice(start, start + len(chunk))
-        x, a, p = (buffer[:, : len(chunk)] if out is None else out[:, rows]), magnitude[:, : len(chunk)], divisor[: len(chunk)]
+        x, a, p = (scaled[:, : len(chunk)] if out is None else out[:, rows]), magnitude[:, : len(chunk)], divisor[: len(chunk)]
         np.copyto(x, chunk.T)
         np.abs(x, out=a)
         np.maximum(a[0], a[1], out=p)
@@ -79,26 +100,30 @@ def scaled_chunks(weights: np.ndarray, out: np.ndarray | None = None):
             np.maximum(p, a[j], out=p)
         p[p == 0] = 1
         x /= p
-        yield rows, x
+        x *= SCALE  # exact: a power of two, |x| <= 1
+        np.rint(x, out=x)
+        q = buffer[:, : len(chunk)]
+        np.copyto(q, x)
+        yield rows, q
 
 
 # --- filters read once, scaled once: the block the flow keeps between passes --------------------
 
-SCALED_COLUMNS = [f"x{k}" for k in range(N_COMPONENTS)]
+SCALED_COLUMNS = [f"q{k}" for k in range(N_COMPONENTS)]
 GROUP_COLUMN = "group"
 
 
 def scaled_block(weights: np.ndarray, codes: np.ndarray, labels: list[str]) -> pa.Table:
-    """Peak-scaled filters as nine float32 columns (so that a chunk of each is contiguous) and their
-    group as a dictionary column: what the Ray flow keeps in the object store so that the three steps
-    read and scale the filters once."""
+    """Peak-scaled filters as nine float32 columns of the integers q of `scaled_chunks` (exact; so
+    that a chunk of each is contiguous) and their group as a dictionary column: what the Ray flow
+    keeps in the object store so that the three steps read and scale the filters once."""
     # Memory from Arrow's pool, which keeps freed pages: a fresh numpy array of this size pays a page
     # fault per page, which doubles the cost of this step.
-    x = np.frombuffer(pa.allocate_buffer(len(weights) * N_COMPONENTS * 4), np.float32).reshape(N_COMPONENTS, len(weights))
-    for _ in scaled_chunks(weights, out=x):
+    q = np.frombuffer(pa.allocate_buffer(len(weights) * N_COMPONENTS * 4), np.float32).reshape(N_COMPONENTS, len(weights))
+    for _ in scaled_chunks(weights, out=q):
         pass
     group = pa.DictionaryArray.from_arrays(pa.array(np.asarray(codes, np.int32)), pa.array(labels, pa.string()))
-    return pa.table([*x, group], names=[*SCALED_COLUMNS, GROUP_COLUMN])
+    return pa.table([*q, group], names=[*SCALED_COLUMNS, GROUP_COLUMN])
 
 
 def block_groups(block: pa.Table) -> tuple[np.ndarray, list[str]]:
@@ -108,16 +133,16 @@ def block_groups(block: pa.Table) -> tuple[np.ndarray, list[str]]:
 
 
 def block_chunks(block: pa.Table):
-    """Yield (rows, x) like `scaled_chunks`, from a scaled block (no scaling left to do)."""
-    buffer = np.empty((N_COMPONENTS, CHUNK_ROWS), np.float32)
+    """Yield (rows, q) like `scaled_chunks`, from a scaled block (no scaling left to do)."""
+    buffer = np.empty((N_COMPONENTS, CHUNK_ROWS))
     offset = 0
     for batch in block.select(SCALED_COLUMNS).to_batches():
         columns = [column.to_numpy() for column in batch.columns]
         for start in range(0, batch.num_rows, CHUNK_ROWS):
-            x = buffer[:, : min(CHUNK_ROWS, batch.num_rows - start)]
+            q = buffer[:, : min(CHUNK_ROWS, batch.num_rows - start)]
             for k, column in enumerate(columns):
-                x[k] = column[start : start + x.shape[1]]
-            yield slice(offset + start, offset + start + x.shape[1]), x
+                q[k] = column[start : start + q.shape[1]]
+            yield slice(offset + start, offset + start + q.shape[1]), q
         offset += batch.num_rows
 
 
@@ -135,21 +160,33 @@ class Basis:
     explained_variance_ratio: np.ndarray
     n: int
 
+    def integer_projection(self) -> tuple[np.ndarray, float, np.ndarray]:
+        """(a, scale, offset): the coefficients of the integers q of a chunk are (a @ q) * scale - offset,
+        with a = round(components * 2^25) (float64 integers, so that a @ q is exact) and offset the
+        correctly rounded a @ mean * 2^-25 (its products are exact; fsum rounds their sum once)."""
+        a = np.rint(self.components.astype(np.float64) * COMPONENT_SCALE)
+        mean = self.mean.astype(np.float64)
+        offset = np.array([math.fsum(row * mean) for row in a]) / COMPONENT_SCALE
+        return a, 1 / (COMPONENT_SCALE * SCALE), offset
+
     def project(self, weights: np.ndarray) -> np.ndarray:
-        """(n, 9) coefficients of the peak-scaled filters on the basis."""
+        """(n, 9) coefficients of the peak-scaled filters on the basis (float32), as the range and the
+        histograms compute them."""
+        a, scale, offset = self.integer_projection()
         out = np.empty((len(weights), N_COMPONENTS), np.float32)
-        for rows, x in scaled_chunks(weights):
-            out[rows] = (x.T - self.mean) @ self.components.T
+        for rows, q in scaled_chunks(weights):
+            out[rows] = ((a @ q) * scale - offset[:, None]).T
         return out
 
 
 @dataclass
 class Moments:
-    """Count, sum and sum of outer products (float64) of peak-scaled filters."""
+    """Count, sum and sum of outer products of the integers q of peak-scaled filters (`scaled_chunks`),
+    exact: `total` and `outer` hold Python integers (in units of 2^-24 and 2^-48)."""
 
     n: int = 0
-    total: np.ndarray = field(default_factory=lambda: np.zeros(N_COMPONENTS))
-    outer: np.ndarray = field(default_factory=lambda: np.zeros((N_COMPONENTS, N_COMPONENTS)))
+    total: np.ndarray = field(default_factory=lambda: np.zeros(N_COMPONENTS, object))
+    outer: np.ndarray = field(default_factory=lambda: np.zeros((N_COMPONENTS, N_COMPONENTS), object))
 
     @classmethod
     def of(cls, weights: np.ndarray) -> Moments:
@@ -157,15 +194,28 @@ class Moments:
 
     @classmethod
     def of_chunks(cls, chunks) -> Moments:
-        """Of the (rows, x) chunks of `scaled_chunks` or `block_chunks`."""
-        # One float64 product of the scaled chunk with a row of ones appended gives all three sums.
-        sums = np.zeros((N_COMPONENTS + 1, N_COMPONENTS + 1))
-        y = np.ones((N_COMPONENTS + 1, CHUNK_ROWS))
-        for _, x in chunks:
-            yc = y[:, : x.shape[1]]
-            yc[:N_COMPONENTS] = x
-            sums += yc @ yc.T
-        return cls(int(round(sums[-1, -1])), sums[-1, :-1].copy(), sums[:-1, :-1].copy())
+        """Of the (rows, q) chunks of `scaled_chunks` or `block_chunks`.
+
+        With q = hi * 2^12 + lo (|hi| <= 2^12, |lo| <= 2^11), q q^T = 2^12 hi q^T + lo q^T: two float64
+        products a chunk, (hi, 1) @ q^T and (lo / 2^12) @ q^T, exact whatever order or kernel BLAS sums
+        them in: every partial sum is an integer below CHUNK_ROWS * 2^36 = 2^49, or a multiple of 2^-12
+        below 2^36, within float64's 53 bits. int64 adds up INT64_CHUNKS of them exactly, Python
+        integers the rest."""
+        result = cls()
+        high, low = np.ones((N_COMPONENTS + 1, CHUNK_ROWS)), np.empty((N_COMPONENTS, CHUNK_ROWS))
+        by_high, by_low = np.zeros((N_COMPONENTS + 1, N_COMPONENTS), np.int64), np.zeros((N_COMPONENTS, N_COMPONENTS), np.int64)
+        for i, (_, q) in enumerate(chunks, start=1):
+            hi, lo = high[:N_COMPONENTS, : q.shape[1]], low[:, : q.shape[1]]
+            np.multiply(q, 1 / SPLIT, out=lo)
+            np.rint(lo, out=hi)
+            lo -= hi  # lo / 2^12, exactly
+            by_high += (high[:, : q.shape[1]] @ q.T).astype(np.int64)  # sum of hi q^T, and (last row) of q
+            by_low += (lo @ q.T * SPLIT).astype(np.int64)  # sum of lo q^T
+            result.n += q.shape[1]
+            if i % INT64_CHUNKS == 0:
+                result = result.merge(_held_moments(by_high, by_low))
+                by_high[:], by_low[:] = 0, 0
+        return result.merge(_held_moments(by_high, by_low))
 
     def merge(self, other: Moments) -> Moments:
         return Moments(self.n + other.n, self.total + other.total, self.outer + other.outer)
@@ -173,9 +223,10 @@ class Moments:
     def basis(self) -> Basis:
         if self.n == 0:
             raise ValueError("no filters: a basis needs at least one filter")
-        mean = self.total / self.n
-        scatter = self.outer - self.n * np.outer(mean, mean)
-        covariance = scatter / max(self.n - 1, 1)
+        n = self.n
+        scatter = n * self.outer - np.outer(self.total, self.total)  # n * sum (q - mean)(q - mean)^T, exact
+        covariance = scatter.astype(np.float64) / (float(n * max(n - 1, 1)) * SCALE**2)
+        mean = np.array([int(t) / n for t in self.total]) / SCALE  # int / int: correctly rounded
         values, vectors = np.linalg.eigh((covariance + covariance.T) / 2)
         order = np.argsort(values)[::-1]
         values = np.clip(values[order], 0, None)
@@ -188,8 +239,14 @@ class Moments:
             components=components.astype(np.float32),
             explained_variance=values.astype(np.float32).astype(np.float64),
             explained_variance_ratio=ratio.astype(np.float32).astype(np.float64),
-            n=self.n,
+            n=n,
         )
+
+
+def _held_moments(by_high: np.ndarray, by_low: np.ndarray) -> Moments:
+    """The sums of q and q q^T (count left at 0) from int64 sums of (hi, 1) q^T and lo q^T."""
+    by_high, by_low = by_high.astype(object), by_low.astype(object)
+    return Moments(0, by_high[-1].copy(), by_high[:-1] * int(SPLIT) + by_low)
 
 
 # --- step 3: global range, histograms ------------------------------------------------------------
@@ -208,14 +265,15 @@ class CoefficientRange:
 
     @classmethod
     def of_chunks(cls, chunks, basis: Basis) -> CoefficientRange:
-        result = cls()
-        buffer = np.empty((N_COMPONENTS, CHUNK_ROWS), np.float32)
-        for _, x in chunks:
-            c = np.matmul(basis.components, x, out=buffer[:, : x.shape[1]])
-            np.minimum(result.lo, c.min(axis=1), out=result.lo)
-            np.maximum(result.hi, c.max(axis=1), out=result.hi)
-        offset = basis.components @ basis.mean  # subtracting a constant commutes with min and max
-        return cls(result.lo - offset, result.hi - offset)
+        a, scale, offset = basis.integer_projection()
+        lo, hi = np.full(N_COMPONENTS, np.inf), np.full(N_COMPONENTS, -np.inf)
+        buffer = np.empty((N_COMPONENTS, CHUNK_ROWS))
+        for _, q in chunks:
+            c = np.matmul(a, q, out=buffer[:, : q.shape[1]])  # exact integers: |a @ q| <= 9 * 2^49 < 2^53
+            np.minimum(lo, c.min(axis=1), out=lo)
+            np.maximum(hi, c.max(axis=1), out=hi)
+        # scaling and subtracting a constant are monotone: they commute with min and max
+        return cls((lo * scale - offset).astype(np.float32), (hi * scale - offset).astype(np.float32))
 
     def merge(self, other: CoefficientRange) -> CoefficientRange:
         return CoefficientRange(np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi))
@@ -261,17 +319,18 @@ class Histograms:
         result = cls.empty(value_range, bins)
         unique, codes = _unique_labels(codes, labels)
         n_groups = len(unique)
-        # bin = (coefficient - lo) * bins / (hi - lo), with the scale folded into the basis (float32).
-        scale = bins / (result.hi - result.lo)
-        matrix = (basis.components.astype(np.float64) * scale[:, None]).astype(np.float32)
-        shift = (-(basis.components.astype(np.float64) @ basis.mean + result.lo) * scale).astype(np.float32)
+        # bin = (coefficient - lo) * bins / (hi - lo) = (a @ q) * factor + shift, with a @ q exact.
+        a, scale, offset = basis.integer_projection()
+        width = bins / (result.hi - result.lo)
+        factor, shift = (scale * width)[:, None], (-(offset + result.lo) * width)[:, None]
         counts = np.zeros((N_COMPONENTS, n_groups, bins), np.int64)
-        position, index_buffer = np.empty((N_COMPONENTS, CHUNK_ROWS), np.float32), np.empty((N_COMPONENTS, CHUNK_ROWS), np.intp)
-        for rows, x in chunks:
-            t = np.matmul(matrix, x, out=position[:, : x.shape[1]])
-            t += shift[:, None]
+        position, index_buffer = np.empty((N_COMPONENTS, CHUNK_ROWS)), np.empty((N_COMPONENTS, CHUNK_ROWS), np.intp)
+        for rows, q in chunks:
+            t = np.matmul(a, q, out=position[:, : q.shape[1]])
+            t *= factor
+            t += shift
             np.clip(t, 0, bins - 1, out=t)
-            index = index_buffer[:, : x.shape[1]]
+            index = index_buffer[:, : q.shape[1]]
             np.copyto(index, t, casting="unsafe")  # truncation: floor for t >= 0
             # One bincount over a flat (component, group, bin) index spanning only the chunk's groups:
             # rows come sorted by model, so a chunk mostly holds one group, and a bincount as long as

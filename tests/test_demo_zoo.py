@@ -110,14 +110,6 @@ def test_every_export_format_holds_bit_identical_weights(tmp_path, family):
             assert found[name].dtype == weight.dtype and found[name].tobytes() == weight.tobytes(), (fmt, name)
 
 
-@pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory, ray_session):
-    from flows.demo import run_demo
-
-    out = tmp_path_factory.mktemp("demo")
-    return out, run_demo(str(out), quick=True)
-
-
 def _table(out, name):
     import lance
 
@@ -182,3 +174,40 @@ def test_demo_rerun_reuses_trained_models(quick_demo, capsys):
     assert run_demo(str(out), quick=True) == 0
     assert [p.stat().st_mtime_ns for p in records] == stamps
     assert capsys.readouterr().out.count("reused") == len(records)
+
+
+def test_the_demo_ends_with_a_summary_of_what_it_stored_and_found(quick_demo, capsys):
+    from flows.demo import run_demo
+
+    out, _ = quick_demo
+    assert run_demo(str(out), quick=True) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("filterdb demo: "))
+    closing = lines[start:]
+    assert closing[0].startswith("filterdb demo: done") and len(closing) <= 12
+    assert any(line.lstrip().startswith("basis:") and "first three of nine components" in line for line in closing)
+    assert sum(line.lstrip().startswith("shift:") for line in closing) == 2
+    assert any(f"DB:       {out / 'db'}" in line for line in closing)
+
+
+def test_models_with_transposed_layers_are_catalogued_in_graph_formats(quick_demo):
+    out, _ = quick_demo
+    with open(out / "catalog.csv", newline="") as f:
+        primaries = [row for row in csv.DictReader(f) if row["trained"] == "true" and not row["copy_of"]]
+    denoisers = [row for row in primaries if row["task"] == "denoising"]
+    assert denoisers and {row["format"] for row in denoisers} <= {"torchscript", "onnx"}
+
+
+def test_trained_filters_concentrate_their_variance_and_random_ones_do_not():
+    from sklearn.decomposition import PCA
+
+    def top3_share(model):
+        kernels = np.concatenate([m.weight.detach().numpy().reshape(-1, 9) for m in model.modules()
+                                  if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)])
+        peaks = np.abs(kernels).max(axis=1, keepdims=True)
+        return PCA(9).fit(kernels / np.where(peaks == 0, 1, peaks)).explained_variance_ratio_[:3].sum()
+
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    assert top3_share(build_model("vgg", "classification", 1, 10)) < 0.4  # nine directions alike: 1/3
+    assert top3_share(train_model(data, "vgg", "classification", seed=0, epochs=3).model) > 0.55

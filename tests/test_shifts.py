@@ -133,21 +133,83 @@ def test_flow_matches_the_study_recipe(db, by_task):
     assert weighted.max() > 0.01  # the groups do differ: the comparison is not between zeros
 
 
-def test_results_do_not_depend_on_blocks_or_workers(db, by_task, ray_session):
-    one_worker_small_blocks = run_shifts(db, "task", concurrency=1, batch_rows=1000, write=False, reuse=False, progress=False)
-    read_once_per_step = run_shifts(db, "task", cache=False, write=False, reuse=False, progress=False)
-    table = selected(db)
-    codes, labels = shifts.group_codes(table.column("task"))
-    in_memory = shifts.analyse(shifts.weights_array(table.column("weights")), codes, labels, block_rows=12345)
+def assert_identical(result, expected, name=""):
+    """Bit for bit: basis, range, histograms and KL."""
+    assert result.groups == expected.groups, name
+    for field in ("mean", "components", "explained_variance_ratio"):
+        np.testing.assert_array_equal(getattr(result.basis, field), getattr(expected.basis, field), err_msg=f"{name}: basis.{field}")
+    np.testing.assert_array_equal(result.value_range.lo, expected.value_range.lo, err_msg=f"{name}: range lo")
+    np.testing.assert_array_equal(result.value_range.hi, expected.value_range.hi, err_msg=f"{name}: range hi")
+    for group in expected.groups:
+        np.testing.assert_array_equal(result.histograms.counts[group], expected.histograms.counts[group], err_msg=f"{name}: counts of {group}")
+    np.testing.assert_array_equal(result.kl, expected.kl, err_msg=f"{name}: kl")
+    np.testing.assert_array_equal(result.kl_weighted, expected.kl_weighted, err_msg=f"{name}: kl_weighted")
 
-    for other in (one_worker_small_blocks, read_once_per_step, in_memory):
-        np.testing.assert_array_equal(other.basis.components, by_task.basis.components)
-        np.testing.assert_array_equal(other.basis.explained_variance_ratio, by_task.basis.explained_variance_ratio)
-        np.testing.assert_array_equal(other.value_range.lo, by_task.value_range.lo)
-        np.testing.assert_array_equal(other.value_range.hi, by_task.value_range.hi)
-        for group in by_task.groups:
-            np.testing.assert_array_equal(other.histograms.counts[group], by_task.histograms.counts[group])
-        np.testing.assert_array_equal(other.kl_weighted, by_task.kl_weighted)
+
+def test_results_do_not_depend_on_blocks_or_workers(db, by_task, ray_session):
+    runs = {
+        "one worker, batches of 1000": run_shifts(db, "task", concurrency=1, batch_rows=1000, write=False, reuse=False, progress=False),
+        "read once per step": run_shifts(db, "task", cache=False, write=False, reuse=False, progress=False),
+        "read once per step, one worker, batches of 777": run_shifts(db, "task", cache=False, concurrency=1, batch_rows=777, write=False, reuse=False, progress=False),
+    }
+    table = selected(db)
+    weights, (codes, labels) = shifts.weights_array(table.column("weights")), shifts.group_codes(table.column("task"))
+    for block_rows in (1000, 12345, len(weights)):
+        runs[f"in memory, blocks of {block_rows}"] = shifts.analyse(weights, codes, labels, block_rows=block_rows)
+
+    for name, result in runs.items():
+        assert_identical(result, by_task, name)
+
+
+def odd_parts(n: int, seed: int) -> list[slice]:
+    """Consecutive slices of 0..n at odd offsets, from 1 row to more than a chunk."""
+    rng = np.random.default_rng(seed)
+    sizes = [1, 2, 7, shifts.CHUNK_ROWS - 1, shifts.CHUNK_ROWS + 3, 999]
+    bounds = np.cumsum([0, *sizes, *rng.integers(1, 3000, 40)])
+    bounds = [*bounds[bounds < n], n]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def test_aggregates_merged_in_any_order_equal_those_of_all_rows():
+    rng = np.random.default_rng(7)
+    n = 60000
+    weights = synthetic_filters(rng, n, rng.uniform(-1, 1, n), rng.uniform(0, 1, n))
+    codes, labels = rng.integers(0, 3, n), ["a", "b", "c"]
+    whole = shifts.Moments.of(weights)
+    basis = whole.basis()
+    value_range = shifts.CoefficientRange.of(weights, basis)
+    histograms = shifts.Histograms.of(weights, codes, labels, basis, value_range)
+
+    parts = odd_parts(n, seed=1)
+    for order in (rng.permutation(len(parts)), rng.permutation(len(parts))):
+        moments, part_range, part_histograms = shifts.Moments(), shifts.CoefficientRange(), shifts.Histograms.empty(value_range)
+        for i in order:
+            rows = parts[i]
+            moments = moments.merge(shifts.Moments.of(weights[rows]))
+            part_range = part_range.merge(shifts.CoefficientRange.of(weights[rows], basis))
+            part_histograms = part_histograms.merge(shifts.Histograms.of(weights[rows], codes[rows], labels, basis, value_range))
+        assert moments.n == whole.n
+        np.testing.assert_array_equal(moments.total, whole.total)  # exact integers
+        np.testing.assert_array_equal(moments.outer, whole.outer)
+        np.testing.assert_array_equal(moments.basis().components, basis.components)
+        np.testing.assert_array_equal(part_range.lo, value_range.lo)
+        np.testing.assert_array_equal(part_range.hi, value_range.hi)
+        for label in labels:
+            np.testing.assert_array_equal(part_histograms.counts[label], histograms.counts[label])
+
+
+def test_a_filters_coefficients_do_not_depend_on_its_chunk():
+    # The same filters at every offset 0..64 of a chunk, in chunks of every width from 1 row to a
+    # whole chunk: BLAS kernels round remainder tiles otherwise than full ones.
+    rng = np.random.default_rng(8)
+    weights = synthetic_filters(rng, shifts.CHUNK_ROWS + 64, rng.uniform(-1, 1, shifts.CHUNK_ROWS + 64), rng.uniform(0, 1, shifts.CHUNK_ROWS + 64))
+    basis = shifts.Moments.of(weights).basis()
+    expected = basis.project(weights[64:80])
+    for offset in range(65):
+        for width in (offset + 16, offset + 17, offset + 100, shifts.CHUNK_ROWS):
+            np.testing.assert_array_equal(basis.project(weights[64 - offset : 64 - offset + width])[offset : offset + 16], expected)
+    for row in range(16):
+        np.testing.assert_array_equal(basis.project(weights[64 + row : 65 + row]), expected[row : row + 1])
 
 
 def test_transposed_filters_are_left_out_unless_the_predicate_names_kind(db, by_task, ray_session):
@@ -241,6 +303,65 @@ def test_the_matrix_prints_with_group_sizes(by_task, capsys):
     assert "classification" in out and f"{by_task.sizes[0]:,}" in out
 
 
+# --- selections that leave whole fragments out -----------------------------------------------------------
+
+FEW_MODELS = "model_id IN ('m1', 'm5')"
+"""Six of the fragmented DB's 18 fragments: most read tasks find no row."""
+PATHS = ["read once", "read once per step", "stored basis", "reused basis"]
+
+
+@pytest.fixture(scope="module")
+def fragmented_db(tmp_path_factory, ray_session):
+    db = make_db(tmp_path_factory.mktemp("fragmented") / "db", n_per_model=3000, rows_per_file=1000)
+    run_shifts(db, "family", progress=False)  # stores the basis of the default selection
+    return db
+
+
+STEPS = {
+    "read once": ["_moments_of_scaled", "_range_of_scaled", "_histograms_of_scaled"],
+    "read once per step": ["_moments_of_block", "_range_of_block", "_histograms_of_block"],
+    "stored basis": ["_histograms_of_block"],
+    "reused basis": ["_histograms_of_block"],
+}
+
+
+def run_on_path(db, path: str, where: str, monkeypatch):
+    """run_shifts of `where` along `path`, and the steps it ran."""
+    import flows.shifts
+
+    if path == "reused basis":
+        run_shifts(db, "family", where=where, reuse=False, progress=False)  # stores the basis of `where`
+    options = {"read once": {"cache": True, "reuse": False}, "read once per step": {"cache": False, "reuse": False}, "stored basis": {"basis": db}, "reused basis": {}}[path]
+    steps = []
+    with monkeypatch.context() as patch:
+        for name in ("_fold", "_fold_blocks"):
+            fold = getattr(flows.shifts, name)
+            patch.setattr(flows.shifts, name, lambda *args, fold=fold, **kwargs: steps.append(args[1].__name__) or fold(*args, **kwargs))
+        return run_shifts(db, "family", where=where, write=False, progress=False, **options), steps
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_selection_that_leaves_whole_fragments_out_works_on_every_path(fragmented_db, path, monkeypatch):
+    assert len(lance.dataset(str(fragmented_db / "filters.lance")).get_fragments()) == 18
+    result, steps = run_on_path(fragmented_db, path, FEW_MODELS, monkeypatch)
+
+    table = selected(fragmented_db, f"({FEW_MODELS}) AND kind != 'transposed'", columns=["weights", "family"])
+    codes, labels = shifts.group_codes(table.column("family"))
+    stored = load_basis(fragmented_db) if path == "stored basis" else None
+    expected = shifts.analyse(shifts.weights_array(table.column("weights")), codes, labels, **({"basis": stored.basis, "value_range": stored.value_range} if stored else {}))
+    assert steps == STEPS[path]
+    assert result.groups == ["resnet", "unet"]
+    np.testing.assert_array_equal(result.sizes, expected.sizes)
+    assert_identical(result, expected, path)
+
+
+@pytest.mark.parametrize("path", ["read once", "read once per step", "stored basis"])  # no basis is stored for nothing
+def test_a_selection_of_nothing_is_an_input_error_of_one_line_on_every_path(fragmented_db, path, monkeypatch):
+    with pytest.raises(ShiftInputError, match="no filters match") as error:
+        run_on_path(fragmented_db, path, "model_id = 'nobody'", monkeypatch)
+    assert "\n" not in str(error.value)
+
+
 # --- memory ---------------------------------------------------------------------------------------------
 
 
@@ -286,12 +407,14 @@ def test_a_scaled_block_gives_the_aggregates_of_its_weights():
     codes, names = shifts.block_groups(block)
     np.testing.assert_array_equal(np.array(names)[codes], labels)
     moments = shifts.Moments.of_chunks(shifts.block_chunks(block))
-    reference = shifts.Moments.of(weights[first]).merge(shifts.Moments.of(weights[second]))  # the same chunks
+    reference = shifts.Moments.of(weights)  # other chunks: the block's start at 0 and 12000
     assert moments.n == 30000
-    np.testing.assert_allclose(moments.outer, reference.outer, rtol=1e-12)
+    np.testing.assert_array_equal(moments.total, reference.total)
+    np.testing.assert_array_equal(moments.outer, reference.outer)
     basis = moments.basis()
     value_range = shifts.CoefficientRange.of_chunks(shifts.block_chunks(block), basis)
     np.testing.assert_array_equal(value_range.lo, shifts.CoefficientRange.of(weights, basis).lo)
+    np.testing.assert_array_equal(value_range.hi, shifts.CoefficientRange.of(weights, basis).hi)
     histograms = shifts.Histograms.of_chunks(shifts.block_chunks(block), codes, names, basis, value_range)
     reference = shifts.Histograms.of(weights, *shifts.group_codes(pa.array(labels)), basis, value_range)
     assert set(histograms.counts) == {"a", "b", "c"}
@@ -338,16 +461,24 @@ def test_empty_selection_says_so(db):
         run_shifts(db, "task", where="task = 'no such task'")
 
 
-def test_bad_predicate_says_so(db):
-    with pytest.raises(ShiftInputError, match="bad predicate"):
-        run_shifts(db, "task", where="task = = 'x'")
+@pytest.mark.parametrize("where, message", [
+    ("task = = 'x'", "is not a SQL condition"),
+    ("tsak = 'x'", "unknown column 'tsak'; the columns are: model_id, layer_index,"),
+])
+def test_a_bad_predicate_is_one_line_naming_the_problem(db, capsys, where, message):
+    from flows.cli import main
+
+    assert main(["shifts", "--db", str(db), "--by", "task", "--where", where]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and ".rs:" not in err and "Traceback" not in err
 
 
 def test_the_command_reports_bad_input_with_exit_status_2(db, capsys):
-    from flows.shifts import shifts_command
+    from flows.cli import main
 
-    assert shifts_command(db, "colour") == 2
-    assert "unknown axis" in capsys.readouterr().err
+    assert main(["shifts", "--db", str(db), "--by", "colour"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("filterdb shifts: unknown axis 'colour'") and len(err.strip().splitlines()) == 1
 
 
 def test_missing_db_and_missing_basis_say_what_to_do(tmp_path, db):
