@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from ops.metrics import quality_of_layers
-from ops.schema import QUALITY_COLUMNS
+from ops.store import QUALITY_COLUMNS
 
 TOLERANCE = 1e-5
 """Largest allowed |ours - torchconvquality| on these (ordinary) layers."""

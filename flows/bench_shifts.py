@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from flows.peak_memory import PeakMemory
 from flows.ray_runtime import ensure_ray
-from ops.schema import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS
+from ops.store import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS
 
 DEFAULT_CACHE = Path(os.environ.get("FILTERDB_BENCH_CACHE", Path.home() / ".cache" / "filterdb" / "bench"))
 FRAGMENT_ROWS = 1 << 18

@@ -2,9 +2,9 @@
 
 The Ray Data pipeline reads top to bottom: catalog rows -> an actor pool (`ExtractModels`, one
 model per call, warm across calls, a GPU each when the cluster has GPUs) that extracts a model and
-writes its `filters`/`layers` data files -> the driver, which commits fragments and then `models`
-rows every few seconds (see ops/store.py for the order and the recovery rule). The driver holds
-fragment metadata and model rows only, never filter values.
+writes its `filters`/`layers` data files -> the driver, which commits what arrived every few
+seconds. The write protocol (order, recovery) is ops/store.py's; this flow only batches, reports
+progress and calls it. The driver holds fragment metadata and model rows only, never filter values.
 
 `extract_catalog_local` is the same work in one process, with one commit per table per model: the
 baseline of the benchmark and a fallback without Ray.
@@ -15,13 +15,12 @@ from __future__ import annotations
 import pickle
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from flows.progress import ExtractProgress, ExtractSummary
 from flows.ray_runtime import ensure_ray
 from ops.catalog import CatalogEntry, read_catalog
-from ops.extraction import ExtractedModel, extract_model, source_fingerprint
-from ops.store import FilterDB
+from ops.extraction import extract_model, failed_row, source_fingerprint
+from ops.store import FilterDB, WrittenModel
 
 
 def models_to_extract(entries: list[CatalogEntry], db: FilterDB, force: bool) -> tuple[list[CatalogEntry], list[str]]:
@@ -69,25 +68,9 @@ def extract_catalog_local(catalog: str, db_path: str, force: bool = False, trust
     with extraction(catalog, db_path, force, progress) as (db, todo, stored, bar):
         committer = Committer(db, stored, force, bar, every_s=0)
         for entry in todo:
-            committer.add(write_model(db, extract_model(entry, trust_pickles=trust_pickles, device=device)))
+            result = extract_model(entry, trust_pickles=trust_pickles, device=device)
+            committer.add(db.write_model_files(result.row, result.filters, result.layers))
     return bar.summary
-
-
-@dataclass
-class WrittenModel:
-    """One extracted model: its models row and its uncommitted filters/layers fragments."""
-
-    row: dict
-    filters: list
-    layers: list
-
-
-def write_model(db: FilterDB, result: ExtractedModel) -> WrittenModel:
-    """Write the data files of an extracted model (in whatever process extracted it), uncommitted."""
-    if not result.ok:
-        return WrittenModel(result.row, [], [])
-    return WrittenModel(result.row, db.write_fragments(db.uri("filters"), result.filters, result.filters.schema),
-                        db.write_fragments(db.uri("layers"), result.layers, result.layers.schema))
 
 
 # --- the Ray Data pipeline ----------------------------------------------------------------------
@@ -107,12 +90,12 @@ class ExtractModels:
     def __call__(self, batch: dict) -> dict:
         entries = [pickle.loads(payload) for payload in batch["entry"]]
         results = [extract_model(e, trust_pickles=self.trust_pickles, device=self.device) for e in entries]
-        return {"written": [pickle.dumps(write_model(self.db, result)) for result in results]}
+        return {"written": [pickle.dumps(self.db.write_model_files(r.row, r.filters, r.layers)) for r in results]}
 
 
 class Committer:
-    """Commits written models in groups, every `every_s` seconds (0: each at once), in the order of
-    ops/store.py: old rows removed, then filters, layers and last the models rows."""
+    """Commits written models in groups (`FilterDB.commit_models`), every `every_s` seconds (0: each at
+    once), and reports each on the progress bar."""
 
     def __init__(self, db: FilterDB, stored: dict, force: bool, bar: ExtractProgress, every_s: float):
         self.db, self.stored, self.force, self.bar, self.every_s = db, stored, force, bar, every_s
@@ -130,10 +113,7 @@ class Committer:
     def flush(self) -> None:
         if not self.pending:
             return
-        self.db.remove_models([m.row["model_id"] for m in self.pending if m.row["model_id"] in self.stored])
-        self.db.commit("filters", [f for m in self.pending for f in m.filters])
-        self.db.commit("layers", [f for m in self.pending for f in m.layers])
-        self.db.append_models([m.row for m in self.pending])
+        self.db.commit_models(self.pending, replacing=set(self.stored))
         for model in self.pending:
             if model.row["status"] == "ok":
                 self.bar.stored(model.row["model_id"], model.row["n_filters_3x3"])
@@ -194,13 +174,8 @@ def _pipeline(todo: list[CatalogEntry], db_path: str, trust_pickles: bool, actor
 
 def _record_lost_models(todo: list[CatalogEntry], summary: ExtractSummary, committer: Committer):
     """Models whose worker died (twice) never reported back: record them as failed."""
-    from ops.extraction import model_row
-
     done = set(summary.stored) | set(summary.skipped) | set(summary.failed)
-    lost = [entry for entry in todo if entry.model_id not in done]
-    for entry in lost:
-        row = model_row(entry)
-        row.update(status="failed", error=f"model {entry.model_id!r} ({entry.source} {entry.uri}): "
-                                          f"its worker process died while extracting it")
-        committer.add(WrittenModel(row, [], []))
+    for entry in todo:
+        if entry.model_id not in done:
+            committer.add(WrittenModel(failed_row(entry, "its worker process died while extracting it")))
     committer.flush()

@@ -21,7 +21,7 @@ from rich.table import Table
 from ops.errors import UsageError
 from ops.metrics import DegeneracyThresholds, classify_layer, quality_of_layers
 from ops.predicates import predicate_error
-from ops.schema import QUALITY_COLUMNS
+from ops.store import QUALITY_COLUMNS
 from ops.store import FilterDB, sql_list
 
 LABELS = ("sparse", "low_diversity", "random_looking")

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from flows.ray_runtime import ensure_ray
 from ops.errors import UsageError
 from ops.predicates import predicate_error
-from ops.schema import FILTERS_SCHEMA
+from ops.store import FILTERS_SCHEMA
 from ops.shifts import (
     DEFAULT_BINS,
     DEFAULT_DEPTH_BINS,

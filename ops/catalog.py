@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from ops.errors import UsageError
-from ops.schema import META_COLUMNS
+from ops.store import META_COLUMNS
 from ops.sources import SOURCES
 
 REQUIRED_COLUMNS = ("model_id", "source", "uri")

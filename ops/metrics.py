@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import torch
 
-from ops.schema import QUALITY_COLUMNS
+from ops.store import QUALITY_COLUMNS
 
 H_L, H_X0, H_K, H_B = 1.2618047, 2.30436435, 0.88767525, -0.31050834
 """Constants of h(n) = L / (1 + exp(-k (log2 n - x0))) + b, the lowest VE of n random filters."""

@@ -13,12 +13,59 @@ from `models` (status `ok`), which is what the query API does.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lance
 import pyarrow as pa
 
-from ops.schema import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS
+META_COLUMNS = ("family", "task", "train_dataset", "pretrain_dataset", "visual_category")
+"""Meta-parameters every catalog row may carry; repeated on every filter row as plain strings."""
+
+WEIGHTS_TYPE = pa.list_(pa.float32(), 9)
+
+FILTERS_SCHEMA = pa.schema(
+    [
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("layer_index", pa.int32(), nullable=False),
+        pa.field("out_index", pa.int32(), nullable=False),
+        pa.field("in_index", pa.int32(), nullable=False),
+        pa.field("conv_depth", pa.int32(), nullable=False),
+        # float64 so that depth bins at exact tenths (0.1, 0.2, ...) are not shifted by float32 rounding.
+        pa.field("conv_depth_norm", pa.float64(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("weights", WEIGHTS_TYPE, nullable=False),
+        *[pa.field(name, pa.string()) for name in META_COLUMNS],
+    ]
+)
+
+QUALITY_COLUMNS = (
+    "sparsity",
+    "variance_entropy",
+    "variance_entropy_norm",
+    "variance_entropy_clean",
+    "variance_entropy_clean_norm",
+    "orthogonality",
+)
+
+LAYERS_SCHEMA = pa.schema(
+    [
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("layer_index", pa.int32(), nullable=False),
+        pa.field("layer_name", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("kernel_h", pa.int32(), nullable=False),
+        pa.field("kernel_w", pa.int32(), nullable=False),
+        pa.field("in_channels", pa.int32(), nullable=False),
+        pa.field("out_channels", pa.int32(), nullable=False),
+        pa.field("groups", pa.int32(), nullable=False),
+        pa.field("conv_depth", pa.int32(), nullable=False),
+        pa.field("conv_depth_norm", pa.float64(), nullable=False),
+        pa.field("depth_method", pa.string(), nullable=False),
+        pa.field("n_filters", pa.int64(), nullable=False),
+        *[pa.field(name, pa.float64()) for name in QUALITY_COLUMNS],
+    ]
+)
 
 TABLES = ("models", "layers", "filters")
 
@@ -41,14 +88,49 @@ MODELS_SCHEMA = pa.schema(
         pa.field("kernel_shapes", pa.string()),
         pa.field("share_3x3", pa.float64()),
         pa.field("depth_method", pa.string()),
-        pa.field("notes", pa.string()),
-        pa.field("device", pa.string()),  # where the metrics and the dummy forward pass ran  # e.g. why depth fell back to layer order
+        pa.field("notes", pa.string()),  # e.g. why depth fell back to layer order
+        pa.field("device", pa.string()),  # where the metrics and the dummy forward pass ran
         pa.field("load_seconds", pa.float64()),
         pa.field("extract_seconds", pa.float64()),
         pa.field("extracted_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 SCHEMAS = {"models": MODELS_SCHEMA, "layers": LAYERS_SCHEMA, "filters": FILTERS_SCHEMA}
+
+
+@dataclass
+class ModelsRow:
+    """One row of models.lance: values of schema columns, and the catalog's extra columns (strings,
+    which become string columns of models.lance). A name that is neither is an error, so a mistyped
+    name never becomes a column. Built by ops.model_rows.models_row."""
+
+    columns: dict
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.update(**self.columns)
+
+    def update(self, **columns) -> None:
+        unknown = sorted(set(columns) - set(MODELS_SCHEMA.names))
+        if unknown:
+            raise KeyError(f"not columns of models.lance: {', '.join(unknown)} (the columns: {', '.join(MODELS_SCHEMA.names)})")
+        self.columns.update(columns)
+
+    def __getitem__(self, name: str):
+        return self.columns[name] if name in MODELS_SCHEMA.names else self.extra[name]
+
+    def get(self, name: str, default=None):
+        return self.columns.get(name, default) if name in MODELS_SCHEMA.names else self.extra.get(name, default)
+
+
+@dataclass
+class WrittenModel:
+    """A model whose data files are written but not committed: its models row and the fragments of
+    its `filters` and `layers` rows (none for a failed model)."""
+
+    row: ModelsRow
+    filters: list = field(default_factory=list)
+    layers: list = field(default_factory=list)
 
 
 def sql_list(values) -> str:
@@ -110,12 +192,12 @@ class FilterDB:
         schema = ds.schema if ds is not None else SCHEMAS[table]
         self.commit(table, self.write_fragments(self.uri(table), data, schema))
 
-    def append_models(self, rows: list[dict]) -> None:
-        """Add models rows. Extra catalog columns become new string columns of `models`, and columns
-        added to MODELS_SCHEMA since a DB was created are added to it (null for older rows)."""
+    def append_models(self, rows: list[ModelsRow]) -> None:
+        """Add models rows. Their extra catalog columns become new string columns of `models`, and
+        columns added to MODELS_SCHEMA since a DB was created are added to it (null for older rows)."""
         if not rows:
             return
-        extra = sorted({k for row in rows for k in row} - set(MODELS_SCHEMA.names))
+        extra = sorted({name for row in rows for name in row.extra} - set(MODELS_SCHEMA.names))
         wanted = list(MODELS_SCHEMA) + [pa.field(name, pa.string()) for name in extra]
         ds = self.dataset("models")
         if ds is not None:
@@ -128,6 +210,24 @@ class FilterDB:
             schema = pa.schema(wanted)
         table = pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
         self.commit("models", self.write_fragments(self.uri("models"), table, schema), schema)
+
+    def write_model_files(self, row: ModelsRow, filters: pa.Table | None, layers: pa.Table | None) -> WrittenModel:
+        """Write the data files of one extracted model, uncommitted (in whatever process extracted it)."""
+        if row["status"] != "ok":
+            return WrittenModel(row)
+        return WrittenModel(row, self.write_fragments(self.uri("filters"), filters, FILTERS_SCHEMA),
+                            self.write_fragments(self.uri("layers"), layers, LAYERS_SCHEMA))
+
+    def commit_models(self, models: list[WrittenModel], replacing: set[str] | frozenset = frozenset()) -> None:
+        """Make written models visible, in the order of the module doc: the stored rows of the models in
+        `replacing` removed (their models rows first), then all filters, all layers, and last the
+        models rows, each table in one commit."""
+        if not models:
+            return
+        self.remove_models([m.row["model_id"] for m in models if m.row["model_id"] in replacing])
+        self.commit("filters", [f for m in models for f in m.filters])
+        self.commit("layers", [f for m in models for f in m.layers])
+        self.append_models([m.row for m in models])
 
     def remove_models(self, model_ids) -> None:
         """Delete every row of these models; the `models` row goes first (see the module doc)."""

@@ -13,9 +13,9 @@ from torch import nn
 from flows.cli import main
 from flows.extract import extract_catalog_local
 from ops.catalog import write_catalog
-from ops.kernels import filters_table
+from ops.model_rows import filters_table
 from ops.layers import ConvLayer, ModelLayers
-from ops.schema import FILTERS_SCHEMA
+from ops.store import FILTERS_SCHEMA
 from ops.store import MODELS_SCHEMA, FilterDB
 
 
@@ -188,3 +188,14 @@ def test_models_table_of_an_older_db_gains_new_columns(catalog, tmp_path):
     models = table(db.path, "models")
     assert "notes" in models.column_names and "lab" in models.column_names
     assert models.num_rows == 4
+
+
+def test_a_models_row_refuses_a_name_that_is_no_column_and_keeps_catalog_extras_apart():
+    from ops.catalog import CatalogEntry
+    from ops.model_rows import models_row
+
+    entry = CatalogEntry("m", "timm", "resnet18", extra={"licence": "mit", "n_conv_layers": "many"})
+    with pytest.raises(KeyError, match="not columns of models.lance: n_conv_layer"):
+        models_row(entry, status="ok", n_conv_layer=3)
+    row = models_row(entry, status="ok", n_conv_layers=3)
+    assert (row["licence"], row["n_conv_layers"]) == ("mit", 3)  # a catalog value never overrides a schema column

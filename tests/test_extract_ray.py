@@ -14,7 +14,7 @@ import pytest
 
 from flows.extract import extract_catalog, extract_catalog_local
 from ops.catalog import write_catalog
-from ops.schema import QUALITY_COLUMNS
+from ops.store import QUALITY_COLUMNS
 from ops.store import FilterDB
 
 ARCHS = ["resnet18", "mobilenetv3_small_100", "regnetx_002", "resnet10t", "efficientnet_b0", "resnet14t"]

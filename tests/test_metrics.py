@@ -20,7 +20,7 @@ from ops.metrics import (
     variance_entropy_clean_norm,
     variance_entropy_norm,
 )
-from ops.schema import QUALITY_COLUMNS
+from ops.store import QUALITY_COLUMNS
 
 with warnings.catch_warnings():  # it imports distutils
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -16,7 +16,7 @@ from flows.extract import extract_catalog_local
 from flows.quality import backfill_metrics, print_report, quality_report
 from ops.catalog import write_catalog
 from ops.metrics import DegeneracyThresholds
-from ops.schema import QUALITY_COLUMNS
+from ops.store import QUALITY_COLUMNS
 
 
 def trained_cnn() -> nn.Module:

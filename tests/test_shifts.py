@@ -13,7 +13,7 @@ from flows.bench_shifts import synthetic_filters
 from flows.peak_memory import PeakMemory
 from flows.shifts import ShiftInputError, load_basis, print_shift_matrix, run_shifts
 from ops import shifts
-from ops.schema import FILTERS_SCHEMA, META_COLUMNS
+from ops.store import FILTERS_SCHEMA, META_COLUMNS
 
 # model_id, family, task, width (a column that only models.lance has)
 MODELS = [

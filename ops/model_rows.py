@@ -1,17 +1,37 @@
-"""From a model's layers to the rows of the three tables: filters, layers and the model's facts."""
+"""A model's rows of the three tables: its `models` row, its `layers` table, its `filters` table."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections import Counter
+from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from ops.catalog import CatalogEntry
 from ops.layers import ModelLayers
-from ops.schema import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS, QUALITY_COLUMNS
+from ops.store import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS, QUALITY_COLUMNS, ModelsRow
+
+
+def models_row(entry: CatalogEntry, **columns) -> ModelsRow:
+    """The `models` row of a catalog entry: its catalog columns and extra catalog columns, and
+    `columns` (e.g. status, error, the model's facts), each of which must be a models.lance column."""
+    row = ModelsRow({
+        "model_id": entry.model_id,
+        "source": entry.source,
+        "uri": entry.uri,
+        "arch": entry.arch,
+        "input_size": "x".join(map(str, entry.input_size)) if entry.input_size else None,
+        "pretrained": entry.pretrained,
+        "seed": entry.seed,
+        **entry.meta,
+        "extracted_at": datetime.now(timezone.utc),
+    }, extra=dict(entry.extra))
+    row.update(**columns)
+    return row
 
 
 def is_3x3(weight: np.ndarray) -> bool:
@@ -57,14 +77,15 @@ def model_facts(model: ModelLayers) -> dict:
 
 
 def layers_table(model_id: str, model: ModelLayers, device: str = "cpu") -> pa.Table:
-    """One row per convolution; quality metrics for 3x3 layers (computed on `device`), else null."""
-    from ops.metrics import layer_quality
+    """One row per convolution; quality metrics for 3x3 layers (measured together on `device`), else null."""
+    from ops.metrics import quality_of_layers
 
+    indices = [i for i, layer in enumerate(model.layers) if is_3x3(layer.weight)]
+    measured = quality_of_layers([torch.from_numpy(model.layers[i].weight) for i in indices], device=device)
+    qualities = dict(zip(indices, measured))
     rows = []
     for index, layer in enumerate(model.layers):
-        quality = {name: None for name in QUALITY_COLUMNS}
-        if is_3x3(layer.weight):
-            quality = layer_quality(torch.from_numpy(layer.weight).to(device))
+        quality = qualities.get(index, dict.fromkeys(QUALITY_COLUMNS))
         rows.append({
             "model_id": model_id,
             "layer_index": index,
