@@ -29,16 +29,9 @@ def _catalog_timm(args) -> int:
 
 
 def _demo(args) -> int:
-    from flows.demo import run_demo
+    from flows.demo.run import run_demo
 
     return run_demo(args.out, seeds=args.seeds, epochs=args.epochs, quick=args.quick)
-
-
-def _bench_extract(args) -> int:
-    from flows.bench_extract import BENCH_ARCHS, run_extract_benchmark
-
-    results = run_extract_benchmark(BENCH_ARCHS[: args.archs], args.demo_catalog, args.workdir)
-    return 1 if any(r["failed"] for r in results) else 0
 
 
 def _quality(args) -> int:
@@ -63,15 +56,21 @@ def _shifts(args) -> int:
                           depth_bins=args.depth_bins, address=args.address, cache={"auto": None, "on": True, "off": False}[args.cache])
 
 
-def _bench_module(module: str):
-    """`filterdb bench quality|shifts ARGS` hands ARGS to that benchmark's own parser."""
+def _add_benchmarks(commands) -> None:
+    """`filterdb bench NAME` for every benchmark of flows.bench: its options, `--json FILE`, its run."""
+    import importlib
 
-    def run(args) -> int:
-        import importlib
+    from flows.bench import BENCHMARKS
 
-        return importlib.import_module(module).main(args.args) or 0
-
-    return run
+    bench = commands.add_parser("bench", help="benchmarks that print figures")
+    bench_kinds = bench.add_subparsers(dest="kind", required=True)
+    for name in BENCHMARKS:
+        module = importlib.import_module(f"flows.bench.{name}")
+        sub = bench_kinds.add_parser(name, help=module.HELP, description=module.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.add_argument("--json", metavar="FILE", help="also write the printed figures to this JSON file")
+        sub.set_defaults(run=module.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,17 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the scaled filters in Ray's object store between the steps (auto: when they fit in a quarter of it)")
     shifts.set_defaults(run=_shifts)
 
-    bench = commands.add_parser("bench", help="benchmarks that print figures")
-    bench_kinds = bench.add_subparsers(dest="kind", required=True)
-    bench_extract = bench_kinds.add_parser("extract", help="single-process loop vs Ray pipeline with 1 and 2 actors")
-    bench_extract.add_argument("--archs", type=int, default=42, help="how many timm architectures (random init)")
-    bench_extract.add_argument("--demo-catalog", help="also extract these models (e.g. demo_out/catalog.csv)")
-    bench_extract.add_argument("--workdir", help="folder for the benchmark DBs (default: a temporary folder)")
-    bench_extract.set_defaults(run=_bench_extract)
-    for name, module, text in (("quality", "flows.bench_quality", "our layer metrics vs torchconvquality"),
-                               ("shifts", "flows.bench_shifts", "shift flow vs numpy, the study's recipe, the Lance scan")):
-        sub = bench_kinds.add_parser(name, help=f"{text} (--help after the name for its options)", add_help=False)
-        sub.set_defaults(run=_bench_module(module), forwards_arguments=True)
+    _add_benchmarks(commands)
     return parser
 
 
@@ -157,11 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from ops.errors import UsageError
 
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if getattr(args, "forwards_arguments", False):
-        args.args = rest
-    elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args = parser.parse_args(argv)
     try:
         return args.run(args)
     except UsageError as error:

@@ -19,7 +19,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def quick_demo(tmp_path_factory, ray_session):
     """`filterdb demo --quick` built once per session: (its folder `.../demo_out`, its exit status)."""
-    from flows.demo import run_demo
+    from flows.demo.run import run_demo
 
     out = tmp_path_factory.mktemp("quick_demo") / "demo_out"
     return out, run_demo(str(out), quick=True)

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ops.demo_zoo import (DATASETS, FAMILIES, FILE_OF_FORMAT, FORMATS, TASKS, build_model, export_model,
-                          load_dataset, train_model)
+from flows.demo.zoo import (DATASETS, FAMILIES, FILE_OF_FORMAT, FORMATS, TASKS, build_model, export_model,
+                            load_dataset, train_model)
 
 EXPECTED = {  # name: (visual category, channels, images, classes)
     "digits": ("handwritten", 1, 1797, 10),
@@ -166,7 +166,7 @@ def test_quick_demo_copies_in_other_formats_hold_the_same_filters(quick_demo):
 
 
 def test_demo_rerun_reuses_trained_models(quick_demo, capsys):
-    from flows.demo import run_demo
+    from flows.demo.run import run_demo
 
     out, _ = quick_demo
     records = sorted(out.glob("models/*/training.json"))
@@ -177,7 +177,7 @@ def test_demo_rerun_reuses_trained_models(quick_demo, capsys):
 
 
 def test_the_demo_ends_with_a_summary_of_what_it_stored_and_found(quick_demo, capsys):
-    from flows.demo import run_demo
+    from flows.demo.run import run_demo
 
     out, _ = quick_demo
     assert run_demo(str(out), quick=True) == 0

@@ -9,8 +9,8 @@ import pytest
 from scipy.stats import entropy
 from sklearn.decomposition import PCA
 
-from flows.bench_shifts import synthetic_filters
-from flows.peak_memory import PeakMemory
+from flows.bench.shifts import synthetic_filters
+from flows.bench.timing import PeakMemory
 from flows.shifts import ShiftInputError, load_basis, print_shift_matrix, run_shifts
 from ops import shifts
 from ops.store import FILTERS_SCHEMA, META_COLUMNS
@@ -318,11 +318,12 @@ def fragmented_db(tmp_path_factory, ray_session):
 
 
 STEPS = {
-    "read once": ["_moments_of_scaled", "_range_of_scaled", "_histograms_of_scaled"],
-    "read once per step": ["_moments_of_block", "_range_of_block", "_histograms_of_block"],
-    "stored basis": ["_histograms_of_block"],
-    "reused basis": ["_histograms_of_block"],
+    "read once": [("_fold_blocks", "_moments_of_block"), ("_fold_blocks", "_range_of_block"), ("_fold_blocks", "_histograms_of_block")],
+    "read once per step": [("_fold", "_moments_of_block"), ("_fold", "_range_of_block"), ("_fold", "_histograms_of_block")],
+    "stored basis": [("_fold", "_histograms_of_block")],
+    "reused basis": [("_fold", "_histograms_of_block")],
 }
+"""(fold, adapter) of every step that ran: kept blocks are folded by _fold_blocks, Lance reads by _fold."""
 
 
 def run_on_path(db, path: str, where: str, monkeypatch):
@@ -336,7 +337,7 @@ def run_on_path(db, path: str, where: str, monkeypatch):
     with monkeypatch.context() as patch:
         for name in ("_fold", "_fold_blocks"):
             fold = getattr(flows.shifts, name)
-            patch.setattr(flows.shifts, name, lambda *args, fold=fold, **kwargs: steps.append(args[1].__name__) or fold(*args, **kwargs))
+            patch.setattr(flows.shifts, name, lambda *args, fold=fold, name=name, **kwargs: steps.append((name, args[1].__name__)) or fold(*args, **kwargs))
         return run_shifts(db, "family", where=where, write=False, progress=False, **options), steps
 
 

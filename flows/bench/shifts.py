@@ -1,10 +1,10 @@
-"""Benchmark of the shift analysis (issue 5): `python -m flows.bench_shifts --filters 10M`.
+"""Benchmark of the shift analysis: `filterdb bench shifts --filters 10M`.
 
 In one run, on one synthetic DB (generated once under the cache folder, then reused):
 - scan: the rate at which this machine merely reads the `weights` column from Lance (the practical
   limit of any pass over the data);
 - flow: `run_shifts` on Ray with 1 and 2 workers, with the filters read once and kept in the object
-  store between the three steps, and read once per step (Ray started beforehand; its start and the
+  store between the steps, and read once per step (Ray started beforehand; its start and the
   first run, which starts the workers, are reported apart; the seconds of each step are printed), and
   with the basis stored for the selection (one pass);
 - in-memory: the same aggregates (`ops.shifts.analyse`) on a numpy array already in memory;
@@ -15,9 +15,7 @@ In one run, on one synthetic DB (generated once under the cache folder, then reu
 
 from __future__ import annotations
 
-import argparse
 import os
-import time
 from pathlib import Path
 
 import lance
@@ -25,9 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flows.peak_memory import PeakMemory
+from flows.bench.timing import Column, FigureTable, PeakMemory, Ratio, best_of
 from flows.ray_runtime import ensure_ray
 from ops.store import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS
+
+HELP = "shift flow vs numpy, the study's recipe, the Lance scan"
 
 DEFAULT_CACHE = Path(os.environ.get("FILTERDB_BENCH_CACHE", Path.home() / ".cache" / "filterdb" / "bench"))
 FRAGMENT_ROWS = 1 << 18
@@ -149,13 +149,9 @@ def _layers_table(rows: list[dict]) -> pa.Table:
 
 def scan_rate(uri: str, repeats: int = 3, batch_rows: int = 1 << 17) -> float:
     """Filters/s of merely reading the weights column with Lance's scanner (best of `repeats`)."""
-    dataset, best = lance.dataset(uri), float("inf")
-    for _ in range(repeats):
-        start, n = time.perf_counter(), 0
-        for batch in dataset.scanner(columns=["weights"], batch_size=batch_rows).to_batches():
-            n += batch.num_rows
-        best = min(best, time.perf_counter() - start)
-    return n / best
+    dataset = lance.dataset(uri)
+    timing = best_of(lambda: sum(b.num_rows for b in dataset.scanner(columns=["weights"], batch_size=batch_rows).to_batches()), repeats)
+    return timing.result / timing.seconds
 
 
 def study_recipe(uri: str, by: str, bins: int = 70) -> np.ndarray:
@@ -190,24 +186,6 @@ def study_recipe(uri: str, by: str, bins: int = 70) -> np.ndarray:
     return weighted
 
 
-def _timed(fn, repeats: int) -> tuple[float, object]:
-    """Best of `repeats` runs of fn(), and that run's result."""
-    seconds, result, _ = _timed_steps(lambda timings: fn(), repeats)
-    return seconds, result
-
-
-def _timed_steps(fn, repeats: int) -> tuple[float, object, dict]:
-    """Best of `repeats` runs of fn(timings), with the step timings of that run."""
-    best, result, steps = float("inf"), None, {}
-    for _ in range(repeats):
-        timings, start = {}, time.perf_counter()
-        outcome = fn(timings)
-        seconds = time.perf_counter() - start
-        if seconds < best:
-            best, result, steps = seconds, outcome, timings
-    return best, result, steps
-
-
 def run_shifts_benchmark(
     n_filters: int,
     by: str = "task",
@@ -228,75 +206,65 @@ def run_shifts_benchmark(
     figures = {"filters": n_filters, "by": by, "cpus": os.cpu_count(), "load_average_before": os.getloadavg()[0]}
     figures["scan"] = scan_rate(uri)
 
-    start = time.perf_counter()
-    ensure_ray(address)
-    figures["ray_start_s"] = time.perf_counter() - start
+    figures["ray_start_s"] = best_of(lambda: ensure_ray(address)).seconds
     figures["object_store_bytes"] = ray.cluster_resources().get("object_store_memory", 0)
     figures["cache_share"] = CACHE_SHARE
     figures["cache_fits"] = n_filters * CACHED_BYTES_PER_FILTER <= CACHE_SHARE * figures["object_store_bytes"]
-    figures["first_run_s"], _ = _timed(lambda: run_shifts(db, by, write=False, reuse=False, progress=False), 1)
+    figures["first_run_s"] = best_of(lambda: run_shifts(db, by, write=False, reuse=False, progress=False)).seconds
     for cache in (False, True):  # the run that keeps blocks leaves the object store's pages resident: last
         for w in workers:
             key = f"flow_{'cached' if cache else 'streamed'}_{w or 'all'}"
             with PeakMemory(children=True) as memory:
-                seconds, result, steps = _timed_steps(lambda t: run_shifts(db, by, write=False, reuse=False, concurrency=w, cache=cache, progress=False, timings=t), repeats)
-            figures[key], figures[f"{key}_peak_rss"], figures[f"{key}_steps"] = n_filters / seconds, memory.peak, steps
+                flow = best_of(lambda t: run_shifts(db, by, write=False, reuse=False, concurrency=w, cache=cache, progress=False, timings=t), repeats, steps=True)
+            figures[key], figures[f"{key}_peak_rss"], figures[f"{key}_steps"] = n_filters / flow.seconds, memory.peak, flow.steps
     run_shifts(db, by, progress=False, reuse=False)  # stores the basis of this selection and version
-    seconds, _ = _timed(lambda: run_shifts(db, by, write=False, progress=False), repeats)
-    figures["flow_stored_basis"] = n_filters / seconds
+    figures["flow_stored_basis"] = n_filters / best_of(lambda: run_shifts(db, by, write=False, progress=False), repeats).seconds
     figures["flow"] = figures[f"flow_{'cached' if figures['cache_fits'] else 'streamed'}_all"]  # the default
 
     table = lance.dataset(uri).to_table(columns=["weights", by])
     weights = weights_array(table.column("weights"))
     codes, labels = group_codes(table.column(by))
-    seconds, in_memory = _timed(lambda: analyse(weights, codes, labels, axis=by), repeats)
-    figures["in_memory"] = n_filters / seconds
+    figures["in_memory"] = n_filters / best_of(lambda: analyse(weights, codes, labels, axis=by), repeats).seconds
     del table, weights, codes
 
     if n_filters <= study_max:
         with PeakMemory(children=True) as memory:
-            seconds, weighted = _timed(lambda: study_recipe(uri, by), 1)
-        figures["study"] = n_filters / seconds
+            study = best_of(lambda: study_recipe(uri, by))
+        figures["study"], weighted = n_filters / study.seconds, study.result
         figures["study_peak_rss_growth"] = memory.peak - memory.baseline
-        figures["study_max_relative_difference"] = float(np.abs(weighted - result.kl_weighted).max() / np.abs(weighted).max())
+        figures["study_max_relative_difference"] = float(np.abs(weighted - flow.result.kl_weighted).max() / np.abs(weighted).max())
     figures["load_average_after"] = os.getloadavg()[0]
     return figures
 
 
-def print_figures(figures: dict, console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    n, flow = figures["filters"], figures["flow"]
-    table = Table(title=f"filterdb shifts --by {figures['by']}: {n:,} filters, {figures['cpus']} CPUs (load average {figures['load_average_before']:.1f} before, {figures['load_average_after']:.1f} after)")
-    table.add_column("what")
-    table.add_column("filters/s", justify="right")
-    table.add_column("default flow ÷ this", justify="right")
-
-    def row(name, rate, note=""):
-        table.add_row(name, f"{rate / 1e6:,.2f} M", f"{flow / rate:.2f}x" if rate else "", *([note] if note else []))
-
-    row("scan of the weights column (Lance, the practical limit)", figures["scan"])
+def shifts_table(figures: dict) -> FigureTable:
+    """The rates of all contenders against the default flow's, then the fixed costs, steps and memory."""
+    n, mib = figures["filters"], 1 << 20
+    default = f"flow_{'cached' if figures['cache_fits'] else 'streamed'}_all"
+    rows = {"scan": "scan of the weights column (Lance, the practical limit)"}
     for key in (k for k in figures if k.count("_") == 2 and k.split("_")[1] in ("cached", "streamed")):
         _, mode, w = key.split("_")
         what = "read once, kept in the object store" if mode == "cached" else "read once per step"
-        row(f"flow on Ray, {'all CPUs (default)' if w == 'all' else w + ' worker(s)'}, {what}", figures[key])
-    row("flow on Ray, basis stored for this selection+version (1 pass)", figures["flow_stored_basis"])
-    row("same aggregates on an in-memory numpy array (1 process)", figures["in_memory"])
-    if "study" in figures:
-        row("study's recipe (load all, scikit-learn PCA, np.histogram)", figures["study"])
-    console.print(table)
-    mib = 1 << 20
+        rows[key] = f"flow on Ray, {'all CPUs (default)' if w == 'all' else w + ' worker(s)'}, {what}"
+    rows["flow_stored_basis"] = "flow on Ray, basis stored for this selection+version (1 pass)"
+    rows["in_memory"] = "same aggregates on an in-memory numpy array (1 process)"
+    rows["study"] = "study's recipe (load all, scikit-learn PCA, np.histogram)"
+    table = FigureTable(f"filterdb shifts --by {figures['by']}: {n:,} filters, {figures['cpus']} CPUs (load average {figures['load_average_before']:.1f} before, {figures['load_average_after']:.1f} after)",
+                        [Column("filters/s", "filters_per_s", lambda rate: f"{rate / 1e6:,.2f} M"), Ratio("default flow ÷ this", "filters_per_s", inverted=True)],
+                        baseline=rows[default], name_header="what", extra={"figures": figures})
+    for key, what in rows.items():
+        if key in figures:
+            table.add(what, {"filters_per_s": figures[key]})
     fits = "fit" if figures["cache_fits"] else "do not fit"
-    console.print(f"Ray start {figures['ray_start_s']:.1f} s; first run (workers starting) {figures['first_run_s']:.1f} s; "
-                  f"the scaled filters ({n * 40 / mib:,.0f} MiB) {fits} in {figures['cache_share']:.0%} of the object store ({figures['object_store_bytes'] / mib:,.0f} MiB): "
-                  f"by default the flow {'keeps them' if figures['cache_fits'] else 'reads once per step'}")
+    table.notes.append(f"Ray start {figures['ray_start_s']:.1f} s; first run (workers starting) {figures['first_run_s']:.1f} s; "
+                       f"the scaled filters ({n * 40 / mib:,.0f} MiB) {fits} in {figures['cache_share']:.0%} of the object store ({figures['object_store_bytes'] / mib:,.0f} MiB): "
+                       f"by default the flow {'keeps them' if figures['cache_fits'] else 'reads once per step'}")
     for key in sorted(k for k in figures if k.endswith("_steps")):
         steps = ", ".join(f"{step} {seconds:.2f} s" for step, seconds in figures[key].items())
-        console.print(f"{key.removesuffix('_steps').replace('_', ' ')}, best run: {steps}; peak RSS of driver + Ray processes {figures[key.replace('_steps', '_peak_rss')] / mib:,.0f} MiB")
+        table.notes.append(f"{key.removesuffix('_steps').replace('_', ' ')}, best run: {steps}; peak RSS of driver + Ray processes {figures[key.replace('_steps', '_peak_rss')] / mib:,.0f} MiB")
     if "study" in figures:
-        console.print(f"study's recipe: +{figures['study_peak_rss_growth'] / mib:,.0f} MiB resident; weighted KL differs from the flow's by {figures['study_max_relative_difference']:.1e} (relative, float32 PCA)")
+        table.notes.append(f"study's recipe: +{figures['study_peak_rss_growth'] / mib:,.0f} MiB resident; weighted KL differs from the flow's by {figures['study_max_relative_difference']:.1e} (relative, float32 PCA)")
+    return table
 
 
 def parse_count(text: str) -> int:
@@ -306,8 +274,7 @@ def parse_count(text: str) -> int:
     return int(float(text[:-1] if factor > 1 else text) * factor)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.bench_shifts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser) -> None:
     parser.add_argument("--filters", default="10M", help="number of synthetic filters, e.g. 1M, 10M (default 10M)")
     parser.add_argument("--by", default="task", help="axis of the analysis (default task)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"folder of the synthetic DBs (default {DEFAULT_CACHE})")
@@ -315,12 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each contender, best kept (default 2)")
     parser.add_argument("--address", default=None, help="Ray address (default: a local Ray)")
     parser.add_argument("--workers", default="all,1,2", help="parallel tasks of the flow's runs: 'all' (Ray's default) and/or numbers (default all,1,2)")
-    args = parser.parse_args(argv)
+
+
+def run(args) -> int:
     figures = run_shifts_benchmark(parse_count(args.filters), by=args.by, cache=args.cache, study_max=parse_count(args.study_max), repeats=args.repeats, address=args.address,
                                    workers=tuple(None if w == "all" else int(w) for w in args.workers.split(",")))
-    print_figures(figures)
+    shifts_table(figures).report(args.json)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

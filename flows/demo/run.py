@@ -1,7 +1,7 @@
 """`filterdb demo`: train the offline demo zoo, export it in every source format, build its DB.
 
 Everything comes from installed packages (no network): the data sets and architectures of
-`ops.demo_zoo`, plus a few timm architectures with random weights as `untrained` models.
+`flows.demo.zoo`, plus a few timm architectures with random weights as `untrained` models.
 Layout of `out`: `models/<model_id>/` (the four files and `training.json`), `catalog.csv`, `db/`.
 Re-runs reuse trained models whose files exist and skip models stored unchanged in the DB.
 """
@@ -40,7 +40,7 @@ class DemoModel:
 
 def demo_plan(seeds: int, quick: bool) -> list[DemoModel]:
     """Every data set x task x family x seed; quick: three models covering each data set, task and family."""
-    from ops.demo_zoo import DATASETS, FAMILIES, TASKS
+    from flows.demo.zoo import DATASETS, FAMILIES, TASKS
 
     if quick:
         return [DemoModel("digits", "classification", "vgg", 0),
@@ -57,7 +57,7 @@ def cross_format_model(plan: list[DemoModel]) -> DemoModel:
 
 def train_or_reuse(model: DemoModel, folder: Path, recipe: dict, datasets: dict) -> tuple[dict, bool]:
     """The model's training record; trains and exports only when its files are missing or the recipe changed."""
-    from ops.demo_zoo import FILE_OF_FORMAT, export_model, load_dataset, train_model
+    from flows.demo.zoo import FILE_OF_FORMAT, export_model, load_dataset, train_model
 
     record_path = folder / "training.json"
     if record_path.is_file() and all((folder / f).is_file() for f in FILE_OF_FORMAT.values()):
@@ -77,7 +77,7 @@ def train_or_reuse(model: DemoModel, folder: Path, recipe: dict, datasets: dict)
 
 def demo_row(model: DemoModel, record: dict, fmt: str, copy_of: str = "") -> dict:
     """A catalog row; `copy_of` names the model's primary row when this row repeats it in another format."""
-    from ops.demo_zoo import FILE_OF_FORMAT, SOURCE_OF_FORMAT
+    from flows.demo.zoo import FILE_OF_FORMAT, SOURCE_OF_FORMAT
 
     metrics = record["metrics"]
     return {
@@ -118,7 +118,7 @@ def primary_format(model: DemoModel, number: int) -> str:
     """The format a model is catalogued in, rotating. Models with a transposed convolution (the
     denoisers) rotate through the formats that keep the graph (TorchScript, ONNX): a bare state dict
     cannot tell a transposed layer from an ordinary one, and the analyses leave transposed layers out."""
-    from ops.demo_zoo import FORMATS, GRAPH_FORMATS
+    from flows.demo.zoo import FORMATS, GRAPH_FORMATS
 
     formats = FORMATS if model.task == "classification" else GRAPH_FORMATS
     return formats[number % len(formats)]
@@ -184,7 +184,7 @@ def run_demo(out: str, seeds: int = 2, epochs: int = 3, quick: bool = False) -> 
     import torch
 
     from ops.catalog import write_catalog
-    from ops.demo_zoo import FORMATS, INIT_SCALE
+    from flows.demo.zoo import FORMATS, INIT_SCALE
     from flows.extract import extract_catalog
 
     if seeds < 1 or epochs < 1:

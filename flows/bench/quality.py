@@ -5,21 +5,23 @@ small CNN. Each timing is the best of `repeats` interleaved runs, so load from o
 hurts both sides alike. torchconvquality runs on CPU only (its orthogonality builds the identity
 on the CPU); ours is also timed on CUDA when there is a GPU.
 
-    python -m flows.bench_quality [--repeats 3] [--arch resnet18,vgg11] [--threads 1] [--cpu-time]
+    filterdb bench quality [--repeats 3] [--arch resnet18,vgg11] [--threads 1] [--cpu-time]
 """
 
-import argparse
+from __future__ import annotations
+
 import math
 import os
 import time
 import warnings
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import torch
 
+from flows.bench.timing import Column, FigureTable, Ratio, best_of, best_of_each
 from ops.metrics import quality_of_layers
 from ops.store import QUALITY_COLUMNS
+
+HELP = "our layer metrics vs torchconvquality"
 
 TOLERANCE = 1e-5
 """Largest allowed |ours - torchconvquality| on these (ordinary) layers."""
@@ -60,14 +62,6 @@ def conv3x3_weights(model: torch.nn.Module) -> list[torch.Tensor]:
     ]
 
 
-def _seconds(run, device: torch.device, clock=time.perf_counter) -> float:
-    start = clock()
-    run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return clock() - start
-
-
 def _max_abs_diff(ours: list[dict], reference: list[dict]) -> float:
     """Largest |ours - reference| over all metrics; pairs where both are NaN are equal."""
     diffs = [
@@ -87,30 +81,32 @@ def benchmark_layers(name: str, weights: list[torch.Tensor], repeats: int, clock
         warnings.simplefilter("ignore", DeprecationWarning)
         import torchconvquality
 
-    cpu = torch.device("cpu")
     filters = sum(w.shape[0] * w.shape[1] for w in weights)
     reference = [torchconvquality.measure_conv_weight_quality(w) for w in weights]
     ours = quality_of_layers(weights)
-    row = {
-        "name": name,
-        "layers": len(weights),
-        "filters": filters,
-        "seconds_torchconvquality": math.inf,
-        "seconds_ours": math.inf,
-        "max_abs_diff": _max_abs_diff(ours, reference),
-    }
+    row = {"name": name, "layers": len(weights), "filters": filters, "max_abs_diff": _max_abs_diff(ours, reference)}
     assert row["max_abs_diff"] <= TOLERANCE, f"{name}: ours and torchconvquality differ by {row['max_abs_diff']:.2g}"
-    for _ in range(repeats):  # interleaved, so that load from elsewhere hits both sides alike
-        seconds = _seconds(lambda: [torchconvquality.measure_conv_weight_quality(w) for w in weights], cpu, clock)
-        row["seconds_torchconvquality"] = min(row["seconds_torchconvquality"], seconds)
-        row["seconds_ours"] = min(row["seconds_ours"], _seconds(lambda: quality_of_layers(weights), cpu, clock))
+    timed = best_of_each([lambda: [torchconvquality.measure_conv_weight_quality(w) for w in weights],
+                          lambda: quality_of_layers(weights)], repeats, clock=clock)
+    row["seconds_torchconvquality"], row["seconds_ours"] = (t.seconds for t in timed)
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         on_gpu = [w.to(gpu) for w in weights]
         row["max_abs_diff_cuda"] = _max_abs_diff(quality_of_layers(on_gpu), reference)
         assert row["max_abs_diff_cuda"] <= TOLERANCE, f"{name}: CUDA values differ by {row['max_abs_diff_cuda']:.2g}"
-        row["seconds_ours_cuda"] = min(_seconds(lambda: quality_of_layers(on_gpu), gpu) for _ in range(repeats))
-    return row
+
+        def on_cuda():
+            quality_of_layers(on_gpu)
+            torch.cuda.synchronize(gpu)
+
+        row["seconds_ours_cuda"] = best_of(on_cuda, repeats).seconds  # always wall time
+    return _with_rates(row)
+
+
+def _with_rates(row: dict) -> dict:
+    """The row with filters/s of each side next to its seconds."""
+    rates = {f"filters_per_s{key.removeprefix('seconds')}": row["filters"] / row[key] for key in row if key.startswith("seconds_")}
+    return {**row, **rates}
 
 
 def run_quality_benchmark(
@@ -119,13 +115,14 @@ def run_quality_benchmark(
     threads: int | None = None,
     cpu_time: bool = False,
     seed: int = 0,
-    show=print,
 ) -> dict:
-    """Benchmark every architecture (random init) plus the small CNN; print a table, return the figures.
+    """Benchmark every architecture (random init) plus the small CNN; return the figures.
 
     `threads`: torch CPU threads for the run (default: as set); `cpu_time`: time the CPU runs by
     this process's CPU time instead of wall time (for a busy machine). Returns {"rows": [one dict
-    per model], "total": the sums over all models, with the largest max_abs_diff}."""
+    per model], "total": the sums over all models, with the largest max_abs_diff, "setup": torch's
+    version, threads, CUDA, the clock and the repeats}."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import timm
 
     if threads:
@@ -134,49 +131,46 @@ def run_quality_benchmark(
     models = [(name, timm.create_model(name, pretrained=False)) for name in architectures]
     models.append(("small_cnn", small_cnn()))
     clock = time.process_time if cpu_time else time.perf_counter
-    show(
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CUDA: {torch.cuda.is_available()}, "
-        f"CPU runs timed by {'process CPU time' if cpu_time else 'wall time'}, best of {repeats}"
-    )
-    header = f"{'model':<24}{'layers':>7}{'filters':>10}{'tcq f/s':>12}{'ours f/s':>12}{'ratio':>7}{'max|diff|':>11}"
-    if torch.cuda.is_available():
-        header += f"{'cuda f/s':>12}{'max|diff|':>11}"
-    show(header)
-    rows = []
-    for name, model in models:
-        row = benchmark_layers(name, conv3x3_weights(model), repeats, clock)
-        rows.append(row)
-        show(_format(row))
+    setup = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+             "clock": "process CPU time" if cpu_time else "wall time", "repeats": repeats}
+    rows = [benchmark_layers(name, conv3x3_weights(model), repeats, clock) for name, model in models]
     total = {"name": "total", "max_abs_diff": max(r["max_abs_diff"] for r in rows)}
     for key in ("layers", "filters", "seconds_torchconvquality", "seconds_ours", "seconds_ours_cuda"):
         if key in rows[0]:
             total[key] = sum(r[key] for r in rows)
     if "max_abs_diff_cuda" in rows[0]:
         total["max_abs_diff_cuda"] = max(r["max_abs_diff_cuda"] for r in rows)
-    show(_format(total))
-    return {"rows": rows, "total": total}
+    return {"rows": rows, "total": _with_rates(total), "setup": setup}
 
 
-def _format(row: dict) -> str:
-    tcq = row["filters"] / row["seconds_torchconvquality"]
-    ours = row["filters"] / row["seconds_ours"]
-    line = f"{row['name']:<24}{row['layers']:>7}{row['filters']:>10}{tcq:>12.3g}{ours:>12.3g}{ours / tcq:>7.1f}"
-    line += f"{row['max_abs_diff']:>11.1e}"
-    if "seconds_ours_cuda" in row:
-        line += f"{row['filters'] / row['seconds_ours_cuda']:>12.3g}{row['max_abs_diff_cuda']:>11.1e}"
-    return line
+def quality_table(figures: dict) -> FigureTable:
+    """One row per model and the total; "ratio" is ours ÷ torchconvquality in filters/s."""
+    setup = figures["setup"]
+    columns = [Column("layers", "layers"), Column("filters", "filters"),
+               Column("tcq f/s", "filters_per_s_torchconvquality", "{:.3g}".format),
+               Column("ours f/s", "filters_per_s_ours", "{:.3g}".format),
+               Ratio("ratio", "filters_per_s_ours", to="filters_per_s_torchconvquality", format="{:.1f}".format),
+               Column("max|diff|", "max_abs_diff", "{:.1e}".format)]
+    if setup["cuda"]:
+        columns += [Column("cuda f/s", "filters_per_s_ours_cuda", "{:.3g}".format),
+                    Column("max|diff| cuda", "max_abs_diff_cuda", "{:.1e}".format)]
+    table = FigureTable(f"torch {setup['torch']}, {setup['threads']} CPU threads, CUDA: {setup['cuda']}, "
+                        f"CPU runs timed by {setup['clock']}, best of {setup['repeats']}",
+                        columns, name_header="model", extra={"setup": setup})
+    for row in [*figures["rows"], figures["total"]]:
+        table.add(row["name"], row)
+    return table
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side; the best counts")
     parser.add_argument("--arch", default=",".join(ARCHITECTURES), help="comma-separated timm model names")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--cpu-time", action="store_true", help="time CPU runs by process CPU time (busy machine)")
-    args = parser.parse_args(argv)
+
+
+def run(args) -> int:
     architectures = tuple(a for a in args.arch.split(",") if a)
-    run_quality_benchmark(architectures, repeats=args.repeats, threads=args.threads, cpu_time=args.cpu_time)
-
-
-if __name__ == "__main__":
-    main()
+    figures = run_quality_benchmark(architectures, repeats=args.repeats, threads=args.threads, cpu_time=args.cpu_time)
+    quality_table(figures).report(args.json)
+    return 0

@@ -1,19 +1,20 @@
-"""Distribution shift between groups of filters: the study's recipe (design.md, "Distribution shift")
-written as small aggregates that merge, so blocks combine in any order on any number of workers.
+"""The mergeable aggregates of the shift analysis (steps 1-4 of `ops.shifts`): small values with a
+`merge`, computed per block and folded in any order on any number of workers.
 
-    Moments          count, sum and sum of outer products of the peak-scaled filters (exact) -> Basis
-    CoefficientRange min / max of every component's coefficient over the selection
-    Histograms       per group x component counts, `bins` bins over that global range
-    ShiftResult      symmetric KL per component and its explained-variance-weighted sum, every pair
+    step 1  peak scaling  `scaled_chunks` (weights as read), `scaled_block` / `block_chunks` (kept)
+    step 2  Moments          count, sum and sum of outer products of the scaled filters -> Basis
+    step 3  CoefficientRange min / max of every component's coefficient over the selection
+    step 4  Histograms       per group x component counts, `bins` bins over that global range
 
-The same classes serve the single-process path (`analyse`) and the Ray flow (flows/shifts.py).
+The same classes serve the single-process path (`ops.shifts.analyse`) and the Ray flow
+(flows/shifts.py); `chunks_of` hands them the chunks of either kind of block.
 
-Results are identical, bit for bit, however the rows are split into blocks, batches and chunks and
-in whatever order partials merge, on any BLAS and thread count, because every sum taken is of
-integers whose partial sums stay below 2^53, which float64 holds exactly, so any order, tiling or
-FMA gives the same value: a peak-scaled value x is held as q = round(x * 2^24) (at most 3e-8 from x,
-and nothing for |x| >= 1/2, where float32's own step is 2^-24); moments are two float64 products a
-chunk of q split into 12-bit halves, the projection is q times the components rounded to integers
+Exactness: results are identical, bit for bit, however the rows are split into blocks, batches and
+chunks and in whatever order partials merge, on any BLAS and thread count, because every sum taken
+is of integers whose partial sums stay below 2^53, which float64 holds exactly, so any order, tiling
+or FMA gives the same value: a peak-scaled value x is held as q = round(x * 2^24) (at most 3e-8 from
+x, and nothing for |x| >= 1/2, where float32's own step is 2^-24); moments are two float64 products
+a chunk of q split into 12-bit halves, the projection is q times the components rounded to integers
 over 2^25, and chunks add up in int64 and Python integers. Counts and min / max merge exactly, and
 the rest (covariance, basis, bin edges, KL) is computed once on the driver from these exact values.
 
@@ -25,8 +26,7 @@ kept block's q into float64 chunks costs 4); then moments are the split of q and
 products (+16), the range one float64 matmul and a min/max per row (+6), and a histogram is that
 matmul, a multiply and an add to the bin position, a clip, a cast and one `np.bincount` over a flat
 (component, group, bin) index spanning the chunk's groups (+29, most of it the cast and the
-bincount). Every aggregate takes its chunks from `scaled_chunks` (weights as read) or from
-`block_chunks` (a `scaled_block`, scaled once and kept by the Ray flow between the steps).
+bincount).
 """
 
 from __future__ import annotations
@@ -36,13 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 N_COMPONENTS = 9
 DEFAULT_BINS = 70
-DEFAULT_DEPTH_BINS = 10
-EPSILON = float(np.finfo(np.float32).eps)
-"""Probability given to empty bins before a histogram is renormalised (the study's floor)."""
 CHUNK_ROWS = 8192
 SCALE_BITS = 24
 SCALE = float(2**SCALE_BITS)
@@ -54,11 +50,9 @@ INT64_CHUNKS = 1 << 13
 """Chunks whose moments int64 adds exactly (each below 2^49) before they go into Python integers."""
 COMPONENT_SCALE = float(2**25)
 """The projection multiplies q by the components as integers round(c * 2^25), |c| <= 1."""
-MISSING = "(missing)"
-"""Group label of rows whose axis value is null."""
 
 
-# --- per-filter kernels ----------------------------------------------------------------------------
+# --- step 1: peak scaling ----------------------------------------------------------------------------
 
 
 def weights_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -70,7 +64,7 @@ def weights_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def peak_scaled(weights: np.ndarray) -> np.ndarray:
-    """Every filter divided by its own absolute peak max |w| (step 1 of the recipe), as the aggregates
+    """Every filter divided by its own absolute peak max |w| (step 1), as the aggregates
     see it: rounded to a multiple of 2^-24 (float32, exact); an all-zero filter keeps divisor 1."""
     out = np.empty_like(weights, dtype=np.float32)
     for rows, q in scaled_chunks(weights):
@@ -107,7 +101,7 @@ def scaled_chunks(weights: np.ndarray, out: np.ndarray | None = None):
         yield rows, q
 
 
-# --- filters read once, scaled once: the block the flow keeps between passes --------------------
+# --- step 1, kept: the block of filters read and scaled once, as the flow keeps it --------------
 
 SCALED_COLUMNS = [f"q{k}" for k in range(N_COMPONENTS)]
 GROUP_COLUMN = "group"
@@ -116,7 +110,7 @@ GROUP_COLUMN = "group"
 def scaled_block(weights: np.ndarray, codes: np.ndarray, labels: list[str]) -> pa.Table:
     """Peak-scaled filters as nine float32 columns of the integers q of `scaled_chunks` (exact; so
     that a chunk of each is contiguous) and their group as a dictionary column: what the Ray flow
-    keeps in the object store so that the three steps read and scale the filters once."""
+    keeps in the object store so that steps 2-4 read and scale the filters once."""
     # Memory from Arrow's pool, which keeps freed pages: a fresh numpy array of this size pays a page
     # fault per page, which doubles the cost of this step.
     q = np.frombuffer(pa.allocate_buffer(len(weights) * N_COMPONENTS * 4), np.float32).reshape(N_COMPONENTS, len(weights))
@@ -126,24 +120,36 @@ def scaled_block(weights: np.ndarray, codes: np.ndarray, labels: list[str]) -> p
     return pa.table([*q, group], names=[*SCALED_COLUMNS, GROUP_COLUMN])
 
 
-def block_groups(block: pa.Table) -> tuple[np.ndarray, list[str]]:
+def block_groups(block: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, list[str]]:
     """Codes and labels of a scaled block's group column."""
-    group = block.column(GROUP_COLUMN).unify_dictionaries().combine_chunks()
+    group = block.column(GROUP_COLUMN)
+    if isinstance(group, pa.ChunkedArray):
+        group = group.unify_dictionaries().combine_chunks()
     return group.indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False), group.dictionary.to_pylist()
 
 
-def block_chunks(block: pa.Table):
+def block_chunks(block: pa.Table | pa.RecordBatch):
     """Yield (rows, q) like `scaled_chunks`, from a scaled block (no scaling left to do)."""
     buffer = np.empty((N_COMPONENTS, CHUNK_ROWS))
     offset = 0
-    for batch in block.select(SCALED_COLUMNS).to_batches():
-        columns = [column.to_numpy() for column in batch.columns]
+    for batch in block.to_batches() if isinstance(block, pa.Table) else [block]:
+        columns = [batch.column(name).to_numpy() for name in SCALED_COLUMNS]
         for start in range(0, batch.num_rows, CHUNK_ROWS):
             q = buffer[:, : min(CHUNK_ROWS, batch.num_rows - start)]
             for k, column in enumerate(columns):
                 q[k] = column[start : start + q.shape[1]]
             yield slice(offset + start, offset + start + q.shape[1]), q
         offset += batch.num_rows
+
+
+def chunks_of(batch: pa.RecordBatch):
+    """The (rows, q) chunks the aggregates take, from a batch of either kind of block: as read from
+    filters.lance (its `weights` column, peak-scaled here by `scaled_chunks`) or of a scaled block
+    (its q columns, by `block_chunks`). Neither copies the batch: each chunk is written into a buffer
+    reused for the next."""
+    if "weights" in batch.schema.names:
+        return scaled_chunks(weights_array(batch.column("weights")))
+    return block_chunks(batch)
 
 
 # --- step 2: moments -> basis --------------------------------------------------------------------
@@ -194,7 +200,7 @@ class Moments:
 
     @classmethod
     def of_chunks(cls, chunks) -> Moments:
-        """Of the (rows, q) chunks of `scaled_chunks` or `block_chunks`.
+        """Of the (rows, q) chunks of `chunks_of` (or of `scaled_chunks` / `block_chunks`).
 
         With q = hi * 2^12 + lo (|hi| <= 2^12, |lo| <= 2^11), q q^T = 2^12 hi q^T + lo q^T: two float64
         products a chunk, (hi, 1) @ q^T and (lo / 2^12) @ q^T, exact whatever order or kernel BLAS sums
@@ -249,7 +255,7 @@ def _held_moments(by_high: np.ndarray, by_low: np.ndarray) -> Moments:
     return Moments(0, by_high[-1].copy(), by_high[:-1] * int(SPLIT) + by_low)
 
 
-# --- step 3: global range, histograms ------------------------------------------------------------
+# --- step 3: global range --------------------------------------------------------------------------
 
 
 @dataclass
@@ -284,6 +290,9 @@ class CoefficientRange:
         lo, hi = self.lo.astype(np.float64), self.hi.astype(np.float64)
         flat = hi <= lo
         return np.where(flat, lo - 0.5, lo), np.where(flat, hi + 0.5, hi)
+
+
+# --- step 4: histograms ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -362,173 +371,3 @@ def _unique_labels(codes: np.ndarray, labels: list[str]) -> tuple[list[str], np.
     position = {label: i for i, label in enumerate(unique)}
     remap = np.array([position[label] for label in labels], np.intp)
     return unique, remap[codes]
-
-
-# --- groups of an axis -----------------------------------------------------------------------------
-
-
-def group_codes(column: pa.Array | pa.ChunkedArray, mapping: dict | None = None) -> tuple[np.ndarray, list[str]]:
-    """Codes and labels of a column's values (nulls labelled MISSING); with `mapping`, the label of a
-    value is mapping[value] (e.g. model_id -> an extra catalog column), MISSING when absent."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    runs = pc.run_end_encode(column)
-    if len(runs.values) * 8 <= len(column):
-        # Rows come grouped (by model, layer): encoding the runs' values is 2-3x cheaper than all rows'.
-        run_codes, labels = _dictionary_codes(runs.values, mapping)
-        lengths = np.diff(runs.run_ends.to_numpy(), prepend=0)
-        return np.repeat(run_codes, lengths), labels
-    return _dictionary_codes(column, mapping)
-
-
-def _dictionary_codes(column: pa.Array, mapping: dict | None) -> tuple[np.ndarray, list[str]]:
-    encoded = pc.dictionary_encode(column, null_encoding="encode")
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
-    values = encoded.dictionary.to_pylist()
-    if mapping is not None:
-        values = [mapping.get(v) for v in values]
-    return codes, [MISSING if v is None else str(v) for v in values]
-
-
-def depth_labels(n_bins: int = DEFAULT_DEPTH_BINS) -> list[str]:
-    """'[0.0, 0.1]', '(0.1, 0.2]', ..., '(0.9, 1.0]' for 10 bins."""
-    edges = [f"{k / n_bins:.{max(1, len(str(n_bins)) - 1)}f}" for k in range(n_bins + 1)]
-    return [("[" if k == 0 else "(") + f"{edges[k]}, {edges[k + 1]}]" for k in range(n_bins)]
-
-
-def depth_codes(conv_depth_norm: np.ndarray, n_bins: int = DEFAULT_DEPTH_BINS) -> tuple[np.ndarray, list[str]]:
-    """Bin of every conv_depth_norm: [0, 1/n], (1/n, 2/n], ..., ((n-1)/n, 1]."""
-    inner_edges = np.arange(1, n_bins) / n_bins
-    codes = np.searchsorted(inner_edges, np.asarray(conv_depth_norm, np.float64), side="left")
-    return codes.astype(np.intp), depth_labels(n_bins)
-
-
-# --- step 4: KL between groups, densities ----------------------------------------------------------
-
-
-def probabilities(counts: np.ndarray) -> np.ndarray:
-    """Histograms (last axis = bins) as probabilities; empty bins get EPSILON, then each histogram is
-    renormalised to sum 1."""
-    counts = np.asarray(counts, np.float64)
-    p = counts / counts.sum(axis=-1, keepdims=True)
-    p[counts == 0] = EPSILON
-    return p / p.sum(axis=-1, keepdims=True)
-
-
-def symmetric_kl_matrix(p: np.ndarray) -> np.ndarray:
-    """(groups, 9, bins) probabilities -> (groups, groups, 9) symmetric KL, KL(a||b) + KL(b||a) with
-    natural logs, of every pair, from one
-    matrix product per component: KL(a||b) + KL(b||a) = H[a,a] + H[b,b] - H[a,b] - H[b,a] with
-    H[a,b] = sum p_a log p_b."""
-    by_component = p.transpose(1, 0, 2)
-    cross = by_component @ np.log(by_component).transpose(0, 2, 1)  # (9, groups, groups)
-    own = np.diagonal(cross, axis1=1, axis2=2)
-    kl = own[:, :, None] + own[:, None, :] - cross - cross.transpose(0, 2, 1)
-    kl = np.clip(kl, 0, None).transpose(1, 2, 0)
-    kl[np.arange(len(p)), np.arange(len(p))] = 0
-    return kl
-
-
-def silverman_bandwidth(counts: np.ndarray, lo: float, hi: float) -> float:
-    """Silverman's rule as KDEpy writes it, min(std, IQR / 1.349) * (3n / 4)^(-1/5), with the standard
-    deviation and the quartiles taken from the binned data (bin centres, linear within a bin)."""
-    counts = np.asarray(counts, np.float64)
-    n = counts.sum()
-    if n < 2:
-        return (hi - lo) / len(counts)
-    width = (hi - lo) / len(counts)
-    centres = lo + width * (np.arange(len(counts)) + 0.5)
-    mean = (counts * centres).sum() / n
-    std = np.sqrt((counts * (centres - mean) ** 2).sum() / (n - 1))
-    cdf = np.concatenate([[0.0], np.cumsum(counts) / n])
-    q25, q75 = np.interp([0.25, 0.75], cdf, lo + width * np.arange(len(counts) + 1))
-    sigma = min(std, (q75 - q25) / 1.349) if q75 > q25 else std
-    if sigma <= 0:
-        sigma = width
-    return float(sigma * (3 * n / 4) ** (-1 / 5))
-
-
-def binned_kde(counts: np.ndarray, lo: float, hi: float, bandwidth: float | None = None) -> tuple[np.ndarray, float]:
-    """Gaussian KDE of binned data on the bin centres (a density: integrates to ~1 over [lo, hi])."""
-    counts = np.asarray(counts, np.float64)
-    bandwidth = silverman_bandwidth(counts, lo, hi) if bandwidth is None else bandwidth
-    width = (hi - lo) / len(counts)
-    centres = lo + width * (np.arange(len(counts)) + 0.5)
-    kernel = np.exp(-0.5 * ((centres[:, None] - centres[None, :]) / bandwidth) ** 2) / (bandwidth * np.sqrt(2 * np.pi))
-    return kernel @ counts / max(counts.sum(), 1), bandwidth
-
-
-@dataclass
-class ShiftResult:
-    """Everything one shift analysis produces; `kl[a, b, k]` is the symmetric KL of component k
-    between groups a and b, `kl_weighted[a, b]` its sum weighted by the explained-variance ratios."""
-
-    axis: str
-    groups: list[str]
-    sizes: np.ndarray
-    basis: Basis
-    value_range: CoefficientRange
-    histograms: Histograms
-    kl: np.ndarray
-    kl_weighted: np.ndarray
-    selection: str | None = None
-    basis_selection: str | None = None
-    db_version: int | None = None
-
-    @classmethod
-    def of(cls, axis: str, basis: Basis, value_range: CoefficientRange, histograms: Histograms, order: list[str] | None = None, **tags) -> ShiftResult:
-        order = [g for g in order or [] if g in histograms.counts]
-        groups = order + sorted(set(histograms.counts) - set(order))
-        counts = np.stack([histograms.counts[g] for g in groups]) if groups else np.zeros((0, N_COMPONENTS, histograms.bins), np.int64)
-        kl = symmetric_kl_matrix(probabilities(counts))
-        return cls(
-            axis=axis,
-            groups=groups,
-            sizes=counts[:, 0].sum(axis=1),
-            basis=basis,
-            value_range=value_range,
-            histograms=histograms,
-            kl=kl,
-            kl_weighted=kl @ basis.explained_variance_ratio,
-            **tags,
-        )
-
-    def densities(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Binned Gaussian KDE (Silverman bandwidth) per group: (9, bins) densities and (9,) bandwidths."""
-        out = {}
-        for g in self.groups:
-            rows = [binned_kde(self.histograms.counts[g][k], self.histograms.lo[k], self.histograms.hi[k]) for k in range(N_COMPONENTS)]
-            out[g] = (np.stack([r[0] for r in rows]), np.array([r[1] for r in rows]))
-        return out
-
-
-# --- the single-process path -----------------------------------------------------------------------
-
-
-def analyse(
-    weights: np.ndarray,
-    codes: np.ndarray,
-    labels: list[str],
-    axis: str = "group",
-    bins: int = DEFAULT_BINS,
-    basis: Basis | None = None,
-    value_range: CoefficientRange | None = None,
-    order: list[str] | None = None,
-    block_rows: int = 1 << 20,
-) -> ShiftResult:
-    """The whole analysis of in-memory filters, with the same aggregates the Ray flow folds, block by
-    block (a stored `basis` and its `value_range` may be given to skip steps 2 and 3)."""
-    blocks = [slice(s, s + block_rows) for s in range(0, len(weights), block_rows)]
-    if basis is None:
-        moments = Moments()
-        for b in blocks:
-            moments = moments.merge(Moments.of(weights[b]))
-        basis = moments.basis()
-    if value_range is None:
-        value_range = CoefficientRange()
-        for b in blocks:
-            value_range = value_range.merge(CoefficientRange.of(weights[b], basis))
-    histograms = Histograms.empty(value_range, bins)
-    for b in blocks:
-        histograms = histograms.merge(Histograms.of(weights[b], codes[b], labels, basis, value_range, bins))
-    return ShiftResult.of(axis, basis, value_range, histograms, order=order)

@@ -1,0 +1,56 @@
+"""Distribution shift between groups of filters: the study's recipe (design.md, "Distribution shift")
+as small aggregates that merge, so blocks combine in any order on any number of workers. Ray-free:
+the same functions run in one process (`analyse`) and per block in the Ray flow (flows/shifts.py).
+
+The steps, numbered the same in code, docstrings and docs (docs/shifts.md):
+
+    step 1  read and peak-scale  every filter divided by its own max |w|      aggregates.py
+    step 2  moments -> basis     Moments per block, merged -> Basis (PCA)     aggregates.py
+    step 3  global range         CoefficientRange: min / max per component    aggregates.py
+    step 4  histograms           Histograms per group x component, that range aggregates.py, groups.py
+    step 5  symmetric KL         every pair of groups, weighted by the basis  divergence.py
+
+Each step needs the one before: the bins need the global range of the projection, which needs the
+basis, which needs every filter. A basis stored by an earlier run (tables.py) skips steps 2 and 3.
+Around them: selection.py checks the inputs once (DB, axis, predicate); tables.py writes and reads
+DIR/analysis/.
+"""
+
+from ops.shifts.aggregates import (
+    CHUNK_ROWS,
+    COMPONENT_SCALE,
+    DEFAULT_BINS,
+    GROUP_COLUMN,
+    INT64_CHUNKS,
+    N_COMPONENTS,
+    QUANTUM,
+    SCALE,
+    SCALE_BITS,
+    SCALED_COLUMNS,
+    SPLIT,
+    Basis,
+    CoefficientRange,
+    Histograms,
+    Moments,
+    block_chunks,
+    block_groups,
+    chunks_of,
+    peak_scaled,
+    scaled_block,
+    scaled_chunks,
+    weights_array,
+)
+from ops.shifts.divergence import EPSILON, ShiftResult, analyse, binned_kde, probabilities, silverman_bandwidth, symmetric_kl_matrix
+from ops.shifts.groups import DEFAULT_DEPTH_BINS, DEPTH_AXIS, MISSING, Axis, depth_codes, depth_labels, group_codes
+from ops.shifts.selection import DEFAULT_SELECTION, Selection, ShiftInputError, resolve_axis, select_filters, selection_predicate
+from ops.shifts.tables import StoredBasis, basis_table, histograms_table, load_basis, shifts_table, stored_basis_for, write_analysis
+
+__all__ = [
+    "CHUNK_ROWS", "COMPONENT_SCALE", "DEFAULT_BINS", "DEFAULT_DEPTH_BINS", "DEFAULT_SELECTION", "DEPTH_AXIS", "EPSILON",
+    "GROUP_COLUMN", "INT64_CHUNKS", "MISSING", "N_COMPONENTS", "QUANTUM", "SCALE", "SCALE_BITS", "SCALED_COLUMNS", "SPLIT",
+    "Axis", "Basis", "CoefficientRange", "Histograms", "Moments", "Selection", "ShiftInputError", "ShiftResult", "StoredBasis",
+    "analyse", "basis_table", "binned_kde", "block_chunks", "block_groups", "chunks_of", "depth_codes", "depth_labels",
+    "group_codes", "histograms_table", "load_basis", "peak_scaled", "probabilities", "resolve_axis", "scaled_block",
+    "scaled_chunks", "select_filters", "selection_predicate", "shifts_table", "silverman_bandwidth", "stored_basis_for",
+    "symmetric_kl_matrix", "weights_array", "write_analysis",
+]
