@@ -211,6 +211,7 @@ def run_shifts_benchmark(
     figures["cache_share"] = CACHE_SHARE
     figures["cache_fits"] = n_filters * CACHED_BYTES_PER_FILTER <= CACHE_SHARE * figures["object_store_bytes"]
     figures["first_run_s"] = best_of(lambda: run_shifts(db, by, write=False, reuse=False, progress=False)).seconds
+    workers = (None, *[w for w in workers if w is not None])  # the default flow is every ratio's baseline
     for cache in (False, True):  # the run that keeps blocks leaves the object store's pages resident: last
         for w in workers:
             key = f"flow_{'cached' if cache else 'streamed'}_{w or 'all'}"
@@ -281,7 +282,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--study-max", default="20M", help="skip the study's recipe above this many filters (default 20M)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each contender, best kept (default 2)")
     parser.add_argument("--address", default=None, help="Ray address (default: a local Ray)")
-    parser.add_argument("--workers", default="all,1,2", help="parallel tasks of the flow's runs: 'all' (Ray's default) and/or numbers (default all,1,2)")
+    parser.add_argument("--workers", default="all,1,2", help="parallel tasks of the flow's runs besides Ray's default ('all', always run: the baseline), e.g. 1,2 (default all,1,2)")
 
 
 def run(args) -> int:
