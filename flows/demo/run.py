@@ -168,8 +168,8 @@ def analyse_demo_db(db: str) -> DemoFindings:
         print_shift_matrix(result)
         a, b = np.unravel_index(np.argmax(result.kl_weighted), result.kl_weighted.shape)
         findings.largest_shift[axis] = (result.groups[a], result.groups[b], float(result.kl_weighted[a, b]))
-        findings.analysed_filters = int(result.sizes.sum())
-        findings.variance_ratios = tuple(result.basis.explained_variance_ratio)
+    findings.analysed_filters = int(result.sizes.sum())  # every axis has the same selection and basis
+    findings.variance_ratios = tuple(result.basis.explained_variance_ratio)
     return findings
 
 
