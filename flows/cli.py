@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -56,10 +57,13 @@ def _shifts(args) -> int:
                           depth_bins=args.depth_bins, address=args.address, cache={"auto": None, "on": True, "off": False}[args.cache])
 
 
+# Modules that register their own subcommands: each has `add_commands(commands)`, which adds its
+# parsers and sets `run`. Their top-level imports stay light (argparse), so `filterdb --help` is quick.
+COMMAND_MODULES = ("flows.query", "flows.report", "flows.jobs")
+
+
 def _add_benchmarks(commands) -> None:
     """`filterdb bench NAME` for every benchmark of flows.bench: its options, `--json FILE`, its run."""
-    import importlib
-
     from flows.bench import BENCHMARKS
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
@@ -137,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the scaled filters in Ray's object store between the steps (auto: when they fit in a quarter of it)")
     shifts.set_defaults(run=_shifts)
 
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_commands(commands)
     _add_benchmarks(commands)
     return parser
 
