@@ -53,8 +53,9 @@ def _quality(args) -> int:
 def _shifts(args) -> int:
     from flows.shifts import shifts_command
 
-    return shifts_command(args.db, args.by, where=args.where, basis=args.basis, bins=args.bins,
-                          depth_bins=args.depth_bins, address=args.address, cache={"auto": None, "on": True, "off": False}[args.cache])
+    return shifts_command(args.db, args.by, where=args.where, basis=args.basis, bins=args.bins, depth_bins=args.depth_bins,
+                          range_mode=args.range, sort=None if args.sort == "auto" else args.sort, address=args.address,
+                          cache={"auto": None, "on": True, "off": False}[args.cache])
 
 
 # Modules that register their own subcommands: each has `add_commands(commands)`, which adds its
@@ -131,11 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     shifts = commands.add_parser("shifts", help="distribution shifts of the filters between groups (PCA + KL)")
     shifts.add_argument("--db", required=True, help="DB folder")
     shifts.add_argument("--by", required=True,
-                        help="axis: a meta-parameter column, model_id, depth, or any models.lance column")
+                        help="axis: a meta-parameter column, model_id, depth, or any models.lance column; "
+                             "several separated by commas share one basis, one range and one pass (e.g. task,visual_category,depth)")
     shifts.add_argument("--where", help="SQL predicate over filters columns (transposed layers excluded unless named)")
     shifts.add_argument("--basis", help="reuse the basis stored in this DB folder or basis.lance")
     shifts.add_argument("--bins", type=int, default=70, help="histogram bins per component (the study: 70)")
     shifts.add_argument("--depth-bins", type=int, default=10, help="bins of conv_depth_norm for --by depth")
+    shifts.add_argument("--range", choices=["global", "per-component"], default="global",
+                        help="bin range: one over all components' coefficients (global, the study's) or each component's own")
+    shifts.add_argument("--sort", choices=["auto", "mean", "name", "none"], default="auto",
+                        help="order of the groups: by column mean, by name, or the axis' own (auto: depth bins in order, other axes by mean)")
     shifts.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address")
     shifts.add_argument("--cache", choices=["auto", "on", "off"], default="auto",
                         help="keep the scaled filters in Ray's object store between the steps (auto: when they fit in a quarter of it)")
@@ -147,12 +153,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+QUIET_ENVIRONMENT = {
+    "LANCE_LOG": "error",  # Lance's "No existing dataset ... it will be created" and other WARN lines
+    "RAY_LOGGER_LEVEL": "error",  # ray.init's INFO lines and the token-authentication notice
+    "RAY_DATA_LOG_LEVEL": "ERROR",  # Ray Data's execution plans and logged progress (its bars stay)
+}
+QUIET_WARNINGS = (
+    "The given NumPy array is not writable",  # torch.from_numpy of a read-only Arrow buffer
+    "lance is not fork-safe",  # Lance on every fork, which Ray's local start does
+)
+
+
+def quiet_libraries() -> None:
+    """Keeps the libraries' logs and warnings off the terminal (`--verbose` shows them). Runs before
+    Lance or Ray is imported, which read these variables once; Ray's local processes inherit them.
+    Warnings are dropped where they would be shown, since Ray puts its own filter first on import."""
+    import warnings
+
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    show = warnings.showwarning
+    if getattr(show, "filterdb_quiet", False):
+        return
+
+    def show_unless_quiet(message, category, *where, **options):
+        if issubclass(category, (DeprecationWarning, FutureWarning)):  # the libraries' notes to their developers
+            return
+        if any(text in str(message) for text in QUIET_WARNINGS):
+            return
+        show(message, category, *where, **options)
+
+    show_unless_quiet.filterdb_quiet = True
+    warnings.showwarning = show_unless_quiet
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Runs one subcommand; bad input (UsageError) is one message on stderr and exit status 2."""
+    """Runs one subcommand; bad input (UsageError) is one message on stderr and exit status 2.
+    Quiet by default; `--verbose`, anywhere on the command line, shows the libraries' logs."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    if not verbose:
+        quiet_libraries()
     from ops.errors import UsageError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    parser.add_argument("--verbose", action="store_true", help="show the logs and warnings of Ray, Lance and torch")
+    args = parser.parse_args([a for a in argv if a != "--verbose"])
     try:
         return args.run(args)
     except UsageError as error:

@@ -16,6 +16,8 @@ class ExtractSummary:
     stored: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    graph_pass_failed: dict[str, str] = field(default_factory=dict)
+    """Stored models whose graph pass failed on some device (their `notes` say how, and where depth came from)."""
     n_filters: int = 0
     started: float = field(default_factory=time.perf_counter)
     first_stored_after: float | None = None
@@ -47,9 +49,11 @@ class ExtractProgress:
     def __exit__(self, *exc):
         self.progress.__exit__(*exc)
 
-    def stored(self, model_id: str, n_filters: int) -> None:
+    def stored(self, model_id: str, n_filters: int, graph_pass_failure: str | None = None) -> None:
         s = self.summary
         s.stored.append(model_id)
+        if graph_pass_failure:
+            s.graph_pass_failed[model_id] = graph_pass_failure
         s.n_filters += n_filters
         if s.first_stored_after is None:
             s.first_stored_after = time.perf_counter() - s.started
@@ -73,10 +77,13 @@ class ExtractProgress:
     def print_summary(self) -> None:
         s = self.summary
         table = Table(title="extraction summary")
-        for column in ("models", "stored", "skipped (unchanged)", "failed", "filters", "seconds", "filters/s"):
+        for column in ("models", "stored", "skipped (unchanged)", "failed", "graph pass failed", "filters",
+                       "seconds", "filters/s"):
             table.add_column(column, justify="right")
-        table.add_row(str(s.total), str(len(s.stored)), str(len(s.skipped)), str(len(s.failed)),
+        table.add_row(str(s.total), str(len(s.stored)), str(len(s.skipped)), str(len(s.failed)), str(len(s.graph_pass_failed)),
                       f"{s.n_filters:,}", f"{s.seconds:.1f}", f"{s.n_filters / max(s.seconds, 1e-9):,.0f}")
         self.console.print(table)
         for model_id, error in s.failed.items():
             self.console.print(f"[red]failed[/red] {model_id}: {error}")
+        for model_id, notes in s.graph_pass_failed.items():
+            self.console.print(f"[yellow]graph pass failed[/yellow] {model_id}: {notes}")

@@ -21,8 +21,9 @@ from rich.table import Table
 from ops.errors import UsageError
 from ops.metrics import DegeneracyThresholds, classify_layer, quality_of_layers
 from ops.predicates import predicate_error
-from ops.store import QUALITY_COLUMNS
-from ops.store import FilterDB, sql_list
+from ops.db import FilterDB, open_db
+from ops.query_sql import connect
+from ops.store import QUALITY_COLUMNS, sql_list
 
 LABELS = ("sparse", "low_diversity", "random_looking")
 RANKING = {"sparse": ("sparsity", False), "low_diversity": ("variance_entropy_norm", True),
@@ -33,21 +34,25 @@ TITLES = {"sparse": "most sparse layers", "low_diversity": "lowest-diversity lay
 
 
 def select_layers(db: FilterDB, where: str | None = None) -> pd.DataFrame:
-    """3x3 layers of complete models, with the models' columns, filtered by a SQL predicate."""
-    layers = db.dataset("layers")
-    if layers is None:
-        raise UsageError(f"no DB at {db.path} (no layers.lance there): run `filterdb extract CATALOG --db {db.path}` "
-                         f"first, or check --db")
-    layers = layers.to_table()
-    models = db.models(where="status = 'ok'")
-    models = models.drop_columns([c for c in models.column_names if c in layers.column_names and c != "model_id"])
-    query = "SELECT * FROM layers JOIN models USING (model_id) WHERE kernel_h = 3 AND kernel_w = 3"
+    """3x3 layers of complete models, with the models' columns, filtered by a SQL predicate (DuckDB
+    over the DB's tables, the predicate pushed into the scans where it names their columns)."""
+    layer_columns = db.require("layers").schema.names
+    model_columns = [c for c in db.columns("models") if c not in layer_columns]
+    con, _ = connect(db)
+    query = (f"SELECT * FROM layers JOIN (SELECT model_id, {', '.join(map(_quoted, model_columns))} FROM models "
+             f"WHERE status = 'ok') USING (model_id) WHERE kernel_h = 3 AND kernel_w = 3")
     if where:
         query += f" AND ({where})"
     try:
-        return duckdb.sql(query).df()
+        return con.sql(query).df()
     except duckdb.Error as error:
-        raise predicate_error(where, error, [*layers.column_names, *models.column_names[1:]]) from None
+        raise predicate_error(where, error, [*layer_columns, *model_columns]) from None
+    finally:
+        con.close()
+
+
+def _quoted(column: str) -> str:
+    return '"' + column.replace('"', '""') + '"'
 
 
 @dataclass
@@ -68,7 +73,7 @@ class QualityReport:
 def quality_report(db_path: str, where: str | None = None,
                    thresholds: DegeneracyThresholds = DegeneracyThresholds()) -> QualityReport:
     """Degeneracy of the selected 3x3 layers of the `ok` models; raises UsageError when none is selected."""
-    layers = select_layers(FilterDB(db_path), where)
+    layers = select_layers(open_db(db_path), where)
     if layers.empty:
         raise UsageError(f"no 3x3 layers of stored models match {where!r} in {db_path}: relax --where"
                          if where else f"{db_path}: no 3x3 layers of stored models (run `filterdb extract` first)")
@@ -153,28 +158,23 @@ def _json_default(value):
 
 def backfill_metrics(db_path: str, eps: float = 0.01, device: str = "cpu") -> int:
     """Recompute the metrics of every stored 3x3 layer from `filters` and rewrite `layers` in one commit."""
-    db = FilterDB(db_path)
-    filters, layers = db.dataset("filters"), db.dataset("layers")
-    if filters is None or layers is None:
-        raise UsageError(f"no DB at {db.path} (no filters.lance and layers.lance there): run `filterdb extract` first, "
-                         f"or check --db")
-    table = layers.to_table()
+    db = open_db(db_path)
+    table = db.layers(as_="arrow")
     metrics = {name: table.column(name).to_pylist() for name in QUALITY_COLUMNS}
     position = {key: i for i, key in enumerate(zip(table.column("model_id").to_pylist(),
                                                    table.column("layer_index").to_pylist()))}
-    ok = db.models(columns=["model_id"], where="status = 'ok'").column("model_id").to_pylist()
+    ok = db.models(columns=["model_id"], where="status = 'ok'", as_="arrow").column("model_id").to_pylist()
     for model_id in ok:
-        rows = filters.to_table(columns=["layer_index", "out_index", "in_index", "kind", "weights"],
-                                filter=f"model_id IN {sql_list([model_id])}")
+        rows = db.filters(where=f"model_id IN {sql_list([model_id])}", as_="arrow",
+                          columns=["layer_index", "out_index", "in_index", "kind", "weights"])
         keys, weights = _layer_weights(rows)
         for key, quality in zip(keys, quality_of_layers(weights, eps=eps, device=device)):
             for name in QUALITY_COLUMNS:
                 metrics[name][position[(model_id, key)]] = quality[name]
     for name in QUALITY_COLUMNS:
         table = table.set_column(table.schema.get_field_index(name), name, pa.array(metrics[name], pa.float64()))
-    import lance
-
-    lance.write_dataset(table, db.uri("layers"), mode="overwrite", schema=layers.schema)
+    db.update_rows("layers", table.select(["model_id", "layer_index", *QUALITY_COLUMNS]), keys=["model_id", "layer_index"])
+    db.snapshot("quality", note="metrics recomputed (filterdb quality --backfill)")
     return len(ok)
 
 

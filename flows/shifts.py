@@ -1,11 +1,12 @@
-"""`filterdb shifts`: the five steps of the shift analysis (`ops.shifts`) on Ray Data.
+"""`filterdb shifts`: the five steps of the shift analysis (`ops.shifts`) on Ray Data, for one axis
+or several at once (`run_shift_axes`: one basis, one range, the histograms of every axis in one pass).
 
-    filters.lance --read_lance(weights, axis column; predicate pushed down)-->
-    step 1  map_batches: peak-scale, group codes -> materialize: kept in Ray's object store
+    filters.lance --read_lance(weights, the axes' columns; predicate pushed down)-->
+    step 1  map_batches: peak-scale, group codes of every axis -> materialize: kept in Ray's object store
     step 2  a task per block -> Moments           -> Basis             (skipped with a stored basis)
     step 3  a task per block -> CoefficientRange  -> global min / max  (skipped with a stored basis)
-    step 4  a task per block -> Histograms
-    step 5  on the driver: symmetric KL of every pair of groups -> DIR/analysis/ tables
+    step 4  a task per block -> AxesHistograms    (every axis, the same bins)
+    step 5  on the driver: per axis, symmetric KL of every pair of groups -> DIR/analysis/ tables
 
 Filter rows are never shuffled nor collected: every task yields one small aggregate, folded on the
 driver as it arrives. A selection too large for the object store (CACHE_SHARE of it) is read from
@@ -24,25 +25,28 @@ import pickle
 import time
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from flows.ray_runtime import ensure_ray
 from flows.shifts_print import print_shift_matrix
+from ops.db import FilterDB
 from ops.shifts import (
     DEFAULT_BINS,
     DEFAULT_DEPTH_BINS,
+    GLOBAL_RANGE,
     N_COMPONENTS,
+    AxesHistograms,
     Axis,
     Basis,
     CoefficientRange,
-    Histograms,
     Moments,
     ShiftInputError,
     ShiftResult,
+    check_groups,
     chunks_of,
+    groupings_of,
     load_basis,
     scaled_block,
     select_filters,
@@ -51,7 +55,7 @@ from ops.shifts import (
     write_analysis,
 )
 
-__all__ = ["CACHED_BYTES_PER_FILTER", "CACHE_SHARE", "ShiftInputError", "load_basis", "print_shift_matrix", "run_shifts", "shifts_command"]
+__all__ = ["CACHED_BYTES_PER_FILTER", "CACHE_SHARE", "ShiftInputError", "load_basis", "print_shift_matrix", "run_shift_axes", "run_shifts", "shifts_command"]
 
 BATCH_ROWS = 1 << 17
 TASKS_PER_CPU = 4
@@ -59,9 +63,10 @@ ROWS_PER_TASK = 1 << 20
 
 CACHE_SHARE = 0.25
 """Largest share of the cluster's object store the peak-scaled filters may take to be kept between
-steps; a larger selection is read from filters.lance once per step. Measured on 7 GB: keeping
-1.5 GB (21%) made the flow 1.3x faster, keeping 3.8 GB (54%) 1.3x slower (Ray Data throttles the
-read that fills the store)."""
+steps; a larger selection is read from filters.lance once per step. Measured on a 7 GB store with
+`filterdb bench shifts --filters 40M` and `--filters 100M` (2026-11-21): keeping 1.5 GB (21%) made
+the flow 1.3x faster, keeping 3.8 GB (54%) 1.3x slower (Ray Data throttles the read that fills the
+store)."""
 CACHED_BYTES_PER_FILTER = 4 * N_COMPONENTS + 4
 
 
@@ -78,10 +83,11 @@ def _over_batches(block: pa.Table, initial, of_batch):
     return result
 
 
-def _scaled_block_of(table: pa.Table, axis: Axis) -> pa.Table:
-    """Step 1, kept: a block read from filters.lance as the flow keeps it (`ops.shifts.scaled_block`)."""
-    parts = [scaled_block(weights_array(b.column("weights")), *axis.codes(b)) for b in table.to_batches() if b.num_rows]
-    return pa.concat_tables(parts) if parts else scaled_block(np.empty((0, N_COMPONENTS), np.float32), [], [])
+def _scaled_block_of(table: pa.Table, axes: tuple[Axis, ...]) -> pa.Table:
+    """Step 1, kept: a block read from filters.lance as the flow keeps it (`ops.shifts.scaled_block`),
+    with the group of every axis."""
+    parts = [scaled_block(weights_array(b.column("weights")), groupings_of(b, axes)) for b in table.to_batches() if b.num_rows]
+    return pa.concat_tables(parts) if parts else scaled_block(np.empty((0, N_COMPONENTS), np.float32), [([], [])] * len(axes))
 
 
 def _moments_of_block(block: pa.Table) -> Moments:
@@ -94,9 +100,10 @@ def _range_of_block(block: pa.Table, basis: Basis) -> CoefficientRange:
     return _over_batches(block, CoefficientRange(), lambda batch: CoefficientRange.of_chunks(chunks_of(batch), basis))
 
 
-def _histograms_of_block(block: pa.Table, axis: Axis, basis: Basis, value_range: CoefficientRange, bins: int) -> Histograms:
-    """Step 4 of a block, kept or as read from Lance."""
-    return _over_batches(block, Histograms.empty(value_range, bins), lambda batch: Histograms.of_chunks(chunks_of(batch), *axis.codes(batch), basis, value_range, bins))
+def _histograms_of_block(block: pa.Table, axes: tuple[Axis, ...], basis: Basis, value_range: CoefficientRange, bins: int, range_mode: str) -> AxesHistograms:
+    """Step 4 of a block, kept or as read from Lance: the histograms of every axis in one pass."""
+    return _over_batches(block, AxesHistograms.empty(len(axes), value_range, bins, range_mode),
+                         lambda batch: AxesHistograms.of_chunks(chunks_of(batch), groupings_of(batch, axes), basis, value_range, bins, range_mode))
 
 
 # --- folds: partial aggregates merged on the driver as they come -------------------------------------
@@ -114,7 +121,8 @@ def _block_task():
 def _fold_blocks(blocks: list, block_fn, initial, concurrency: int | None = None, **kwargs):
     """block_fn(block) as one Ray task per block in the object store (scheduled where the block is),
     at most `concurrency` at a time, the results merged on the driver as they come. Plain tasks: a
-    Ray Data pass over materialized blocks costs 0.1-0.2 s more of planning and scheduling."""
+    Ray Data pass over materialized blocks adds planning and scheduling (an estimate: 0.1-0.2 s a
+    pass, from the step seconds of `filterdb bench shifts` when the passes were Ray Data's)."""
     import ray
 
     limit = concurrency or len(blocks)
@@ -184,13 +192,21 @@ def _data_context(progress: bool):
         context.enable_progress_bars, context.op_resource_reservation_enabled = saved
 
 
-def run_shifts(
-    db: str | os.PathLike,
-    by: str,
+def run_shifts(db: str | os.PathLike | FilterDB, by: str, **options) -> ShiftResult:
+    """Shift analysis of the filters in `db` between the groups of one axis `by`; `options` as for
+    `run_shift_axes`."""
+    return run_shift_axes(db, [by], **options)[by]
+
+
+def run_shift_axes(
+    db: str | os.PathLike | FilterDB,
+    by: str | list[str],
     where: str | None = None,
     basis: str | os.PathLike | None = None,
     bins: int = DEFAULT_BINS,
     depth_bins: int = DEFAULT_DEPTH_BINS,
+    range_mode: str = GLOBAL_RANGE,
+    sort: str | None = None,
     address: str | None = None,
     basis_selection: str | None = None,
     write: bool = True,
@@ -200,22 +216,27 @@ def run_shifts(
     progress: bool = True,
     cache: bool | None = None,
     timings: dict | None = None,
-) -> ShiftResult:
-    """Shift analysis of the filters in `db` between the groups of `by` (a filters.lance column,
-    'depth', or a models.lance column), over the filters matching `where` (SQL; transposed layers are
-    left out unless it names `kind`). `basis` reuses the basis and coefficient range stored in a DB
-    folder / basis.lance so that analyses of subsets stay comparable (`basis_selection` picks one of
-    several stored there); without it, a basis stored for the same selection of the same DB version
-    is reused (`reuse`), which skips steps 2 and 3. Writes DIR/analysis/ tables unless write=False.
-    `concurrency` caps the parallel read+aggregate tasks.
+) -> dict[str, ShiftResult]:
+    """Shift analysis of the filters in `db` (a folder, a URI or an `open_db` object) between the groups of every axis of `by` (names, or one
+    string separated by commas; each a filters.lance column, 'depth', or a models.lance column), over
+    the filters matching `where` (SQL; transposed layers are left out unless it names `kind`): the
+    basis and the range once, the histograms of all axes in one pass. By default the study's recipe;
+    `range_mode` PER_COMPONENT_RANGE bins each component over its own range, `bins` sets the bin count.
+    `sort` orders each result's groups (SORTS; default: depth bins in order, other axes by column mean).
+
+    `basis` reuses the basis and coefficient range stored in a DB folder / basis.lance so that analyses
+    of subsets stay comparable (`basis_selection` picks one of several stored there); without it, a
+    basis stored for the same selection of the same DB version is reused (`reuse`), which skips steps
+    2 and 3. Writes DIR/analysis/ tables unless write=False. `concurrency` caps the parallel
+    read+aggregate tasks.
 
     `cache`: read filters.lance once and keep the peak-scaled filters in Ray's object store for steps
     2-4 (True), or read it once per step (False); by default, cache when the selection takes at most
     CACHE_SHARE of the cluster's object store. `timings` receives the seconds of each step that ran,
-    by name: "read" (step 1, when kept), "moments" (2), "range" (3), "histograms" (4)."""
-    db = Path(db)
-    selection = select_filters(db, by, where, bins, depth_bins)
-    filters, version, predicate, axis = selection.filters, selection.version, selection.predicate, selection.axis
+    by name: "read" (step 1, when kept), "moments" (2), "range" (3), "histograms" (4). Writing the
+    tables records a DB snapshot of kind "shifts"."""
+    selection = select_filters(db, by, where, bins, depth_bins, range_mode, sort)
+    db, filters, version, predicate, axes = selection.db, selection.filters, selection.version, selection.predicate, selection.axes
     stored = load_basis(basis, basis_selection) if basis is not None else stored_basis_for(db, predicate, version) if reuse else None
 
     import ray
@@ -229,50 +250,63 @@ def run_shifts(
     fragments = filters.get_fragments()
     rows = sum(f.count_rows() for f in fragments)
     n_tasks = max(1, min(len(fragments), max(TASKS_PER_CPU * cpus, -(-rows // ROWS_PER_TASK))))
+    axis_columns = list(dict.fromkeys(axis.column for axis in axes))
 
     def read(columns):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # `filter=` is the push-down we want
-            return ray.data.read_lance(
-                filters.uri, version=version, columns=columns, filter=predicate, scanner_options={"batch_size": batch_rows},
-                override_num_blocks=n_tasks, concurrency=concurrency,
-            )
+            # the version the selection pinned, the rows of complete models only (ops.db)
+            return db.ray_dataset("filters", where=predicate, columns=columns, scanner_options={"batch_size": batch_rows},
+                                  override_num_blocks=n_tasks, concurrency=concurrency)
 
     if cache is None:
-        cache = rows * CACHED_BYTES_PER_FILTER <= CACHE_SHARE * ray.cluster_resources().get("object_store_memory", 0)
+        cache = rows * (CACHED_BYTES_PER_FILTER + 4 * (len(axes) - 1)) <= CACHE_SHARE * ray.cluster_resources().get("object_store_memory", 0)
     clock, histograms, basis_selection = _Clock(timings), None, predicate
+    histogram_options = {"axes": axes, "bins": bins, "range_mode": range_mode}
     with _data_context(progress):
         if stored is not None:  # steps 2 and 3 done by an earlier run
             found, value_range, basis_selection = stored.basis, stored.value_range, stored.selection
         elif cache:
             # Each step needs the previous one's result: step 1 once, its blocks kept in the object
             # store for steps 2-4.
-            scaled = read(["weights", axis.column]).map_batches(_scaled_block_of, batch_format="pyarrow", batch_size=None, concurrency=concurrency, fn_kwargs={"axis": axis})
+            scaled = read(["weights", *axis_columns]).map_batches(_scaled_block_of, batch_format="pyarrow", batch_size=None, concurrency=concurrency, fn_kwargs={"axes": axes})
             blocks = clock("read", lambda: scaled.materialize().to_arrow_refs())
             found = clock("moments", lambda: _fold_blocks(blocks, _moments_of_block, Moments(), concurrency).basis())
             value_range = clock("range", lambda: _fold_blocks(blocks, _range_of_block, CoefficientRange(), concurrency, basis=found))
-            histograms = clock("histograms", lambda: _fold_blocks(blocks, _histograms_of_block, Histograms.empty(value_range, bins), concurrency, axis=axis, basis=found, value_range=value_range, bins=bins))
+            empty = AxesHistograms.empty(len(axes), value_range, bins, range_mode)
+            histograms = clock("histograms", lambda: _fold_blocks(blocks, _histograms_of_block, empty, concurrency, basis=found, value_range=value_range, **histogram_options))
             del blocks
         else:
             found = clock("moments", lambda: _fold(read(["weights"]), _moments_of_block, Moments(), concurrency).basis())
             value_range = clock("range", lambda: _fold(read(["weights"]), _range_of_block, CoefficientRange(), concurrency, basis=found))
         if histograms is None:
-            histograms = clock("histograms", lambda: _fold(read(["weights", axis.column]), _histograms_of_block, Histograms.empty(value_range, bins), concurrency, axis=axis, basis=found, value_range=value_range, bins=bins))
-    if not histograms.counts:
-        raise ShiftInputError(f"no filters match {predicate!r} in {filters.uri}")
-    result = ShiftResult.of(by, found, value_range, histograms, order=axis.order(), selection=predicate, basis_selection=basis_selection, db_version=version)  # step 5
+            empty = AxesHistograms.empty(len(axes), value_range, bins, range_mode)
+            histograms = clock("histograms", lambda: _fold(read(["weights", *axis_columns]), _histograms_of_block, empty, concurrency, basis=found, value_range=value_range, **histogram_options))
+    for axis, axis_histograms in zip(axes, histograms.axes):
+        check_groups(axis.name, sorted(axis_histograms.counts), predicate, db.table_uri("filters"))
+    results = {
+        axis.name: ShiftResult.of(axis.name, found, value_range, axis_histograms, order=axis.order(), sort=sort, selection=predicate,
+                                  basis_selection=basis_selection, db_version=version)  # step 5
+        for axis, axis_histograms in zip(axes, histograms.axes)
+    }
     if write:
-        write_analysis(db, result, write_basis=stored is None)
-    return result
+        for i, result in enumerate(results.values()):
+            write_analysis(db, result, write_basis=stored is None and i == 0)
+        db.snapshot("shifts", note=f"shifts --by {','.join(results)}" + (f" --where {where!r}" if where else "")
+                    + ("" if range_mode == GLOBAL_RANGE else f" --range {range_mode}") + ("" if bins == DEFAULT_BINS else f" --bins {bins}"))
+    return results
 
 
-def shifts_command(db: str | os.PathLike, by: str, console=None, **options) -> int:
-    """`filterdb shifts`: run the analysis (`options` as for `run_shifts`), write the tables, print the
-    matrix. Bad input raises ShiftInputError (a UsageError: the CLI prints it, exit status 2)."""
+def shifts_command(db: str | os.PathLike | FilterDB, by: str | list[str], console=None, **options) -> int:
+    """`filterdb shifts`: run the analysis of every axis of `by` in one go (`options` as for
+    `run_shift_axes`), write the tables, print each axis' matrix. Bad input raises ShiftInputError
+    (a UsageError: the CLI prints it, exit status 2)."""
     from rich.console import Console
 
-    console = console or Console()
-    result = run_shifts(db, by, **options)
-    print_shift_matrix(result, console)
-    console.print(f"tables: {Path(db) / 'analysis'} (basis, histograms, shifts)")
+    from ops.shifts.selection import as_db
+
+    console, db = console or Console(), as_db(db)
+    for result in run_shift_axes(db, by, **options).values():
+        print_shift_matrix(result, console)
+    console.print(f"tables: {db.analysis_uri('basis')}, histograms.lance, shifts.lance (same folder)")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ops.shifts import ShiftResult
+from ops.shifts import GLOBAL_RANGE, ShiftResult
 
 
 def print_shift_matrix(result: ShiftResult, console=None, max_groups: int = 24) -> None:
@@ -15,7 +15,10 @@ def print_shift_matrix(result: ShiftResult, console=None, max_groups: int = 24) 
     console = console or Console()
     shown = min(len(result.groups), max_groups)
     version = f", DB version {result.db_version}" if result.db_version is not None else ""
-    table = Table(title=f"Shift along {result.axis}: weighted symmetric KL ({result.histograms.bins} bins, {int(result.sizes.sum()):,} filters{version})", box=box.SIMPLE_HEAD)
+    span = "one range for all components" if result.range_mode == GLOBAL_RANGE else "each component's own range"
+    bins = f"{result.histograms.bins} bins over {span}"
+    order = {"mean": ", groups by column mean", "name": ", groups by name"}.get(result.sort, "")
+    table = Table(title=f"Shift along {result.axis}: weighted symmetric KL ({bins}, {int(result.sizes.sum()):,} filters{version}{order})", box=box.SIMPLE_HEAD)
     table.add_column("group", no_wrap=True)
     table.add_column("filters", justify="right", no_wrap=True)
     for i in range(shown):

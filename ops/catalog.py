@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +12,15 @@ from pathlib import Path
 import yaml
 
 from ops.errors import UsageError
-from ops.store import META_COLUMNS
-from ops.sources import SOURCES
+from ops.store import META_COLUMNS, MODELS_SCHEMA
+from ops.sources import SOURCES, file_kind, file_problem
 
 REQUIRED_COLUMNS = ("model_id", "source", "uri")
 OPTIONAL_COLUMNS = ("arch", "input_size", "pretrained", "weights_file", "seed")
+KNOWN_COLUMNS = frozenset({*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *META_COLUMNS})
+RESERVED_COLUMNS = frozenset(MODELS_SCHEMA.names) - KNOWN_COLUMNS
+"""Columns of models.lance that extraction fills (status, error, counts, timings): a catalog column of
+the same name (as in a catalog exported from a DB) would collide with them, so it is refused."""
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "y"), ("0", "false", "no", "n")
 
 
@@ -49,6 +55,10 @@ def read_catalog(path: str | Path) -> list[CatalogEntry]:
         problems.append("the catalog has no rows")
     for column in missing:
         problems.append(f"missing required column {column!r} (required: {', '.join(REQUIRED_COLUMNS)})")
+    for column in sorted({c for row in rows for c in row}):
+        problem = _column_name_problem(column)
+        if problem:
+            problems.append(f"column {column!r}: {problem}")
     if problems:
         raise CatalogError(f"catalog {path}:\n  " + "\n  ".join(problems))
     for number, row in enumerate(rows, start=1):
@@ -78,15 +88,42 @@ def write_catalog(entries: list[dict], path: str | Path) -> None:
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:
+    """Rows as string dicts, header names and values stripped. A UTF-8 byte-order mark (as spreadsheet
+    programs write it) and Windows line ends are accepted."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise CatalogError(f"catalog {path}: not UTF-8 text ({error.reason} at byte {error.start}); "
+                           f"save it as UTF-8") from None
     if path.suffix.lower() in (".yaml", ".yml"):
-        data = yaml.safe_load(path.read_text()) or []
+        try:
+            data = yaml.safe_load(text) or []
+        except yaml.YAMLError as error:
+            raise CatalogError(f"catalog {path}: not valid YAML ({' '.join(str(error).split())})") from None
         if isinstance(data, dict):
             data = data.get("models", [])
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise CatalogError(f"catalog {path}: expected a list of mappings (or {{models: [...]}})")
-        return [{str(k): "" if v is None else str(v) for k, v in r.items()} for r in data]
-    with open(path, newline="") as f:
-        return [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in csv.DictReader(f)]
+        return [{str(k).strip(): "" if v is None else str(v).strip() for k, v in r.items()} for r in data]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    return [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+
+
+def _column_name_problem(column: str) -> str | None:
+    """Why a catalog column cannot become a column of models.lance, or None. Names are compared
+    without case, since SQL (DuckDB) over the tables does not tell `Status` from `status`."""
+    if column in KNOWN_COLUMNS:
+        return None
+    taken = {name.lower(): name for name in (*MODELS_SCHEMA.names, *KNOWN_COLUMNS)}
+    name = taken.get(column.lower())
+    if name in RESERVED_COLUMNS:
+        return (f"filterdb writes the column {name!r} of models.lance itself, so a catalog column cannot "
+                f"have this name (as in a catalog exported from a DB); rename it (e.g. to 'catalog_{column}') or drop it")
+    if name:
+        return f"differs from the catalog column {name!r} only in case; rename it to {name!r}"
+    if any(c in column for c in ".`") or not column.isprintable():
+        return "a column name must not contain '.', '`' or control characters (Lance and SQL refuse them); rename it"
+    return None
 
 
 def _entry(row: dict[str, str], base: Path) -> CatalogEntry:
@@ -99,8 +136,12 @@ def _entry(row: dict[str, str], base: Path) -> CatalogEntry:
     uri = row["uri"]
     if SOURCES[source].needs_file:
         uri = _existing_file(uri, base, "uri")
+        problem = file_problem(source, uri)
+        if problem:
+            raise ValueError(f"column 'uri': {problem}")
     weights_file = _existing_file(row["weights_file"], base, "weights_file") if row.get("weights_file") else None
-    known = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS) | set(META_COLUMNS)
+    if weights_file and _weights_file_problem(weights_file):
+        raise ValueError(f"column 'weights_file': {_weights_file_problem(weights_file)}")
     return CatalogEntry(
         model_id=row["model_id"],
         source=source,
@@ -111,8 +152,18 @@ def _entry(row: dict[str, str], base: Path) -> CatalogEntry:
         weights_file=weights_file,
         seed=_integer(row.get("seed", ""), "seed", default=0),
         meta={c: row[c] for c in META_COLUMNS if row.get(c)},
-        extra={k: v for k, v in row.items() if k not in known},
+        extra={k: v for k, v in row.items() if k not in KNOWN_COLUMNS},
     )
+
+
+def _weights_file_problem(path: str) -> str | None:
+    """Why a `weights_file` is not a state dict (torch.save or safetensors), judged from its content."""
+    kind = file_kind(path) if os.path.getsize(path) else "checkpoint"
+    if kind in (None, "safetensors"):
+        return None
+    return file_problem("checkpoint", path) if kind == "checkpoint" else (
+        f"file {path} looks like {SOURCES[kind].description}; weights_file takes a state dict "
+        f"(a torch.save or safetensors file)")
 
 
 def _existing_file(value: str, base: Path, column: str) -> str:
@@ -146,6 +197,9 @@ def _integer(value: str, column: str, default: int) -> int:
     if not value:
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ValueError(f"column {column!r}: {value!r} is not an integer") from None
+    if not -2**63 <= number < 2**63:
+        raise ValueError(f"column {column!r}: {value!r} does not fit a 64-bit integer")
+    return number

@@ -17,6 +17,9 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from ops.layers import ConvLayer, ModelLayers, layers_from_weights
 
+GRAPH_PASS_FAILED = "graph pass failed"
+"""How each note of a failed or incomplete graph pass begins; the run's summary counts these models."""
+
 CONV_MODULES = (nn.Conv2d, nn.ConvTranspose2d)
 """Base classes of 2-D convolutions; timm's same-padding and weight-standardised convs subclass them."""
 
@@ -123,30 +126,57 @@ def declared_convolutions(module: nn.Module) -> ModelLayers:
 
 
 def module_convolutions(module: nn.Module, input_size: tuple[int, ...] | None, device: str = "cpu") -> ModelLayers:
-    """Graph depths when the input size is known and the forward pass runs, else declaration order."""
+    """Graph depths when the input size is known and the forward pass runs, else declaration order.
+
+    A failed pass is never silent: it is written into `notes` (which go on the models row). When the
+    pass fails on an accelerator it is run again on the CPU, since depth does not depend on the device."""
     module.eval().to(device)
-    if input_size is not None:
+    if input_size is None:
+        return _fallback(module)
+    input_size = tuple(input_size)
+    notes = []
+    try:
+        traced = trace_convolutions(module, input_size, device)
+    except Exception as error:  # a model that cannot run a dummy input still has its weights
+        if torch.device(device).type == "cpu":
+            return _fallback(module, f"{GRAPH_PASS_FAILED}: forward pass on input {input_size} failed "
+                                     f"({_reason(error)}); depth from order")
+        notes.append(f"{GRAPH_PASS_FAILED} on {device}: forward pass on input {input_size} failed "
+                     f"({_reason(error)}); depth from a pass on cpu")
         try:
-            traced = trace_convolutions(module, tuple(input_size), device)
-        except Exception as error:  # a model that cannot run a dummy input still has its weights
-            fallback = _fallback(module)
-            fallback.notes.append(f"forward pass on input {tuple(input_size)} failed ({error}); depth from order")
-            return fallback
-        declared = _fallback(module)
-        missing = {layer.name for layer in declared.layers} - {layer.name for layer in traced.layers}
-        if missing:
-            declared.notes.append(
-                f"{len(missing)} convolution(s) did not run in the forward pass "
-                f"({', '.join(sorted(missing)[:3])}); depth from order"
-            )
-            return declared
-        return traced
-    return _fallback(module)
+            traced = trace_convolutions(module.to("cpu"), input_size, "cpu")
+        except Exception as cpu_error:
+            return _fallback(module, *notes, f"{GRAPH_PASS_FAILED} on cpu: forward pass on input {input_size} failed "
+                                             f"({_reason(cpu_error)}); depth from order")
+    missing = {layer.name for layer in _fallback(module).layers} - {layer.name for layer in traced.layers}
+    if missing:
+        return _fallback(module, *notes, f"{GRAPH_PASS_FAILED}: {len(missing)} convolution(s) did not run in the "
+                                         f"forward pass ({', '.join(sorted(missing)[:3])}); depth from order")
+    traced.notes.extend(notes)
+    return traced
 
 
-def _fallback(module: nn.Module) -> ModelLayers:
+def graph_pass_failure(notes: str | None) -> str | None:
+    """A models row's `notes` when they record a failed or incomplete graph pass, else None."""
+    return notes if notes and GRAPH_PASS_FAILED in notes else None
+
+
+def _reason(error: Exception) -> str:
+    """One line of an exception: TorchScript errors carry their TorchScript traceback in the text,
+    with the error itself on the last line."""
+    lines = str(error).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        return lines[-1]
+    return lines[0] if lines else type(error).__name__
+
+
+def _fallback(module: nn.Module, *notes: str) -> ModelLayers:
+    """Layers in declaration order (state-dict order for TorchScript), with `notes` saying why."""
     if isinstance(module, torch.jit.ScriptModule):
         named = [(n.removesuffix(".weight"), to_numpy(p)) for n, p in module.state_dict().items()
                  if n.endswith("weight") and p.dim() == 4]
-        return layers_from_weights(named)
-    return declared_convolutions(module)
+        layers = layers_from_weights(named)
+    else:
+        layers = declared_convolutions(module)
+    layers.notes.extend(notes)
+    return layers

@@ -152,17 +152,28 @@ def test_quick_demo_copies_in_other_formats_hold_the_same_filters(quick_demo):
     filters, layers = _table(out, "filters"), _table(out, "layers")
     filters = filters.merge(layers[["model_id", "layer_index", "layer_name"]], on=["model_id", "layer_index"])
 
-    def weights_by_layer(model_id):
-        """Each layer's kernels as a sorted list: a state dict cannot tell a transposed layer's axes apart."""
+    def kernels_by_position(model_id):
+        """Each kernel's bytes keyed by (layer, dim 0, dim 1) of the stored weight: (out, in), or (in, out) for a
+        layer stored as transposed. A state dict cannot tell a transposed layer from an ordinary one and reads
+        its dim 0 as `out`; the position in the stored weight is the same either way."""
         rows = filters[filters.model_id == model_id]
-        return {name: sorted(np.stack(group.weights.to_numpy()).astype(np.float32).tobytes()[i:i + 36]
-                             for i in range(0, 36 * len(group), 36))
-                for name, group in rows.groupby("layer_name")}
+        transposed = (rows.kind == "transposed").to_numpy()
+        dim0 = np.where(transposed, rows.in_index, rows.out_index)
+        dim1 = np.where(transposed, rows.out_index, rows.in_index)
+        weights = np.stack(rows.weights.to_numpy()).astype(np.float32)
+        kernels = {(name, int(d0), int(d1)): w.tobytes() for name, d0, d1, w in zip(rows.layer_name, dim0, dim1, weights)}
+        assert len(kernels) == len(rows), f"{model_id}: two kernels at the same position"
+        return kernels
 
-    reference = weights_by_layer(original)
-    assert reference
-    for copy in copies.model_id:
-        assert weights_by_layer(copy) == reference, copy
+    def kinds(model_id):
+        return dict(layers[layers.model_id == model_id][["layer_name", "kind"]].itertuples(index=False))
+
+    reference = kernels_by_position(original)
+    assert reference and "transposed" in kinds(original).values()
+    for copy, fmt in zip(copies.model_id, copies.format):
+        assert kernels_by_position(copy) == reference, copy
+        if fmt in ("torchscript", "onnx"):  # graph formats know each layer's kind
+            assert kinds(copy) == kinds(original), copy
 
 
 def test_demo_rerun_reuses_trained_models(quick_demo, capsys):

@@ -11,11 +11,12 @@ import lance
 import numpy as np
 import psutil
 import pytest
+import torch
 
 from flows.extract import extract_catalog, extract_catalog_local
 from ops.catalog import write_catalog
 from ops.store import QUALITY_COLUMNS
-from ops.store import FilterDB
+from ops.db import FilterDB
 
 ARCHS = ["resnet18", "mobilenetv3_small_100", "regnetx_002", "resnet10t", "efficientnet_b0", "resnet14t"]
 
@@ -113,22 +114,95 @@ def test_killed_driver_then_rerun_stores_every_model_once(ray_session, timm_cata
     assert fingerprint(db) == fingerprint(clean_db)
 
 
-def test_model_lost_with_its_worker_is_recorded_failed_and_retried(ray_session, timm_catalog, tmp_path, monkeypatch):
-    """A block whose worker died on every retry never reports back: the driver records the model failed."""
-    import flows.extract
+class ExitsWhenUnpickled:
+    """Unpickles to a call of os._exit: loading a checkpoint of it ends the process that loads it."""
 
-    real_pipeline = flows.extract._pipeline
+    def __reduce__(self):
+        return os._exit, (3,)
 
-    def pipeline_losing_one_model(todo, *args):
-        for written in real_pipeline(todo, *args):
-            if written.row["model_id"] != "resnet18-s0":
-                yield written
 
-    monkeypatch.setattr(flows.extract, "_pipeline", pipeline_losing_one_model)
-    summary = extract_catalog(str(timm_catalog), str(tmp_path / "db"), actors=2, progress=False)
-    assert list(summary.failed) == ["resnet18-s0"]
-    assert "worker process died" in summary.failed["resnet18-s0"]
-    assert len(summary.stored) == len(ARCHS) * 2 - 1
-    monkeypatch.setattr(flows.extract, "_pipeline", real_pipeline)
-    again = extract_catalog(str(timm_catalog), str(tmp_path / "db"), actors=2, progress=False)
-    assert again.stored == ["resnet18-s0"] and not again.failed
+def test_model_whose_worker_dies_twice_is_recorded_failed_and_the_run_goes_on(ray_session, tmp_path):
+    """A real actor process exits while loading one model, on both tries: that model is recorded
+    failed, the others are stored, and a re-run with a sound file stores it.
+
+    The crashing file is the test's own pickle, loaded through `--trust-pickles` (the only path that
+    runs a file's pickled code). Without `max_task_retries=1` Ray retries the model forever and the
+    run hits the timeout; without `max_errored_blocks=-1` the lost block ends the whole run."""
+    crashing = tmp_path / "crashing.pt"
+    torch.save({"conv.weight": ExitsWhenUnpickled()}, crashing)
+    rows = [{"model_id": "crashes", "source": "checkpoint", "uri": str(crashing)}]
+    rows += [{"model_id": arch, "source": "timm", "uri": arch, "pretrained": "false", "input_size": "3x64x64"}
+             for arch in ("resnet10t", "mobilenetv3_small_100")]
+    write_catalog(rows, tmp_path / "catalog.csv")
+    db = tmp_path / "db"
+    command = [sys.executable, "-m", "flows.cli", "extract", str(tmp_path / "catalog.csv"), "--db", str(db),
+               "--address", ray_session.get_runtime_context().gcs_address, "--actors", "2", "--trust-pickles"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=150,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 1, run.stderr[-2000:]
+    models = {r["model_id"]: r for r in FilterDB(db).dataset("models").to_table().to_pylist()}
+    assert {m: r["status"] for m, r in models.items()} == {"crashes": "failed", "resnet10t": "ok",
+                                                           "mobilenetv3_small_100": "ok"}
+    assert "its worker process died while extracting it" in models["crashes"]["error"]
+
+    torch.save({"conv.weight": torch.randn(8, 3, 3, 3)}, crashing)
+    again = extract_catalog(str(tmp_path / "catalog.csv"), str(db), actors=2, progress=False)
+    assert again.stored == ["crashes"] and sorted(again.skipped) == ["mobilenetv3_small_100", "resnet10t"]
+
+
+def test_a_failed_graph_pass_is_recorded_on_the_models_row_and_counted_in_the_summary(tmp_path):
+    rows = [{"model_id": "wrong-channels", "source": "timm", "uri": "resnet10t", "pretrained": "false",
+             "input_size": "1x64x64"},  # resnet10t takes 3 channels: its dummy forward pass fails
+            {"model_id": "sound", "source": "timm", "uri": "resnet10t", "pretrained": "false", "input_size": "3x64x64"}]
+    write_catalog(rows, tmp_path / "catalog.csv")
+    summary = extract_catalog_local(str(tmp_path / "catalog.csv"), str(tmp_path / "db"), progress=False)
+    assert sorted(summary.stored) == ["sound", "wrong-channels"] and list(summary.graph_pass_failed) == ["wrong-channels"]
+    models = {r["model_id"]: r for r in FilterDB(tmp_path / "db").dataset("models").to_table().to_pylist()}
+    assert models["wrong-channels"]["depth_method"] == "declaration_order"
+    assert "graph pass failed: forward pass on input (1, 64, 64) failed" in models["wrong-channels"]["notes"]
+    assert summary.graph_pass_failed["wrong-channels"] == models["wrong-channels"]["notes"]
+    assert models["sound"]["depth_method"] == "graph" and models["sound"]["notes"] is None
+
+
+# The GPU paths: run only where a CUDA device is present.
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; this machine has none")
+
+
+@needs_cuda
+def test_gpu_actors_build_the_db_of_the_cpu_loop(ray_session, timm_catalog, clean_db, tmp_path):
+    assert ray_session.cluster_resources().get("GPU", 0) >= 1, "Ray sees no GPU although torch does"
+    summary = extract_catalog(str(timm_catalog), str(tmp_path / "db"), actors=1, gpus_per_actor=1, progress=False)
+    assert not summary.failed and not summary.graph_pass_failed
+    assert fingerprint(tmp_path / "db") == fingerprint(clean_db)
+    devices = set(FilterDB(tmp_path / "db").dataset("models").to_table(columns=["device"]).column("device").to_pylist())
+    assert devices == {"cuda"}
+    layers = FilterDB(tmp_path / "db").dataset("layers").to_table().sort_by([("model_id", "ascending"), ("layer_index", "ascending")])
+    clean = FilterDB(clean_db).dataset("layers").to_table().sort_by([("model_id", "ascending"), ("layer_index", "ascending")])
+    facts = [c for c in clean.column_names if c not in QUALITY_COLUMNS]
+    assert layers.select(facts).equals(clean.select(facts))
+    for column in QUALITY_COLUMNS:  # float64 on CUDA against float32 chunks summed in float64 on CPU
+        assert np.allclose(layers.column(column).to_numpy(), clean.column(column).to_numpy(), rtol=0, atol=1e-6, equal_nan=True)
+
+
+class FailsOnCuda(torch.nn.Module):
+    """Two convolutions in a row whose forward pass raises on a CUDA input."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        if x.is_cuda:
+            raise RuntimeError("no CUDA kernel for this op")
+        return self.second(self.first(x))
+
+
+@needs_cuda
+def test_a_graph_pass_failing_on_cuda_is_rerun_on_the_cpu_and_recorded():
+    from ops.torch_graph import GRAPH_PASS_FAILED, graph_pass_failure, module_convolutions
+
+    layers = module_convolutions(FailsOnCuda(), (1, 8, 8), device="cuda")
+    assert layers.depth_method == "graph" and [l.conv_depth for l in layers.layers] == [0, 1]
+    assert layers.notes[0].startswith(f"{GRAPH_PASS_FAILED} on cuda: forward pass on input (1, 8, 8) failed")
+    assert graph_pass_failure("; ".join(layers.notes)) is not None

@@ -1,17 +1,18 @@
-"""Shift analysis (issue 5): the distributed flow against the study's recipe written out literally."""
+"""Shift analysis: exactness of the flow however the work is split, axes, stored bases and tables, the
+math piece by piece, bad input (the study's recipe itself: tests/test_shifts_study.py)."""
 
 from __future__ import annotations
 
 import lance
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pytest
 from scipy.stats import entropy
-from sklearn.decomposition import PCA
 
 from flows.bench.shifts import synthetic_filters
 from flows.bench.timing import PeakMemory
-from flows.shifts import ShiftInputError, load_basis, print_shift_matrix, run_shifts
+from flows.shifts import ShiftInputError, load_basis, print_shift_matrix, run_shift_axes, run_shifts
 from ops import shifts
 from ops.store import FILTERS_SCHEMA, META_COLUMNS
 
@@ -58,9 +59,16 @@ def filters_table(n_per_model: int, seed: int = 0) -> pa.Table:
     return pa.concat_tables(parts)
 
 
-def make_db(path, n_per_model: int, rows_per_file: int = 7000):
+def make_db(path, n_per_model: int, rows_per_file: int = 7000, fragment_order=None):
+    """A DB of MODELS' filters in fragments of `rows_per_file` rows; `fragment_order` (a permutation of
+    the fragments' numbers) stores the same fragments in another order."""
     path.mkdir(parents=True, exist_ok=True)
-    lance.write_dataset(filters_table(n_per_model), str(path / "filters.lance"), max_rows_per_file=rows_per_file)
+    table = filters_table(n_per_model)
+    if fragment_order is None:
+        lance.write_dataset(table, str(path / "filters.lance"), max_rows_per_file=rows_per_file)
+    else:
+        for i, fragment in enumerate(fragment_order):
+            lance.write_dataset(table.slice(fragment * rows_per_file, rows_per_file), str(path / "filters.lance"), mode="append" if i else "create")
     models = pa.table(
         {
             "model_id": [m[0] for m in MODELS] + ["broken"],
@@ -68,39 +76,13 @@ def make_db(path, n_per_model: int, rows_per_file: int = 7000):
             "family": [m[1] for m in MODELS] + [None],
             "task": [m[2] for m in MODELS] + [None],
             "width": [m[3] for m in MODELS] + ["wide"],
+            # what readers check the stored rows against (ops.db: only complete models are visible)
+            "n_filters_3x3": pa.array([n_per_model] * len(MODELS) + [None], pa.int64()),
+            "n_conv_layers": pa.array([LAYERS] * len(MODELS) + [None], pa.int64()),
         }
     )
     lance.write_dataset(models, str(path / "models.lance"))
     return path
-
-
-def study_recipe(weights: np.ndarray, groups: np.ndarray, bins: int = 70):
-    """The study's single-process recipe, literally: everything in memory, scikit-learn's PCA,
-    numpy.histogram over the global range, float32-epsilon floor, scipy's entropy both ways.
-
-    In float64: scikit-learn computes in its input's dtype, and float32 would put errors of ~2e-5 into
-    the eigenvectors of close eigenvalues (the reference would be the less exact side)."""
-    weights = weights.astype(np.float64)
-    peak = np.abs(weights).max(axis=1)
-    peak[peak == 0] = 1
-    scaled = weights / peak[:, None]
-    pca = PCA(n_components=9).fit(scaled)
-    coefficients = pca.transform(scaled)
-    names = sorted(set(groups))
-    densities = {}
-    for g in names:
-        for k in range(9):
-            counts, _ = np.histogram(coefficients[groups == g, k], bins=bins, range=(coefficients[:, k].min(), coefficients[:, k].max()))
-            p = counts / counts.sum()
-            p[p == 0] = np.finfo(np.float32).eps
-            densities[g, k] = p / p.sum()
-    weighted = np.zeros((len(names), len(names)))
-    for a, ga in enumerate(names):
-        for b, gb in enumerate(names):
-            kl = [entropy(densities[ga, k], densities[gb, k]) + entropy(densities[gb, k], densities[ga, k]) for k in range(9)]
-            weighted[a, b] = np.dot(pca.explained_variance_ratio_, kl)
-    sizes = np.array([(groups == g).sum() for g in names])
-    return pca, names, sizes, weighted
 
 
 def selected(db, predicate="kind != 'transposed'", columns=("weights", "task")) -> pa.Table:
@@ -117,20 +99,8 @@ def by_task(db, ray_session):
     return run_shifts(db, "task", progress=False)
 
 
-# --- the flow against the study ----------------------------------------------------------------------
-
-
-def test_flow_matches_the_study_recipe(db, by_task):
-    table = selected(db)
-    pca, names, sizes, weighted = study_recipe(shifts.weights_array(table.column("weights")), table.column("task").to_numpy(zero_copy_only=False))
-
-    assert by_task.groups == names
-    np.testing.assert_array_equal(by_task.sizes, sizes)
-    cosine = np.abs((by_task.basis.components.astype(np.float64) * pca.components_).sum(axis=1))
-    np.testing.assert_allclose(cosine, 1, atol=1e-6)  # components equal up to sign
-    np.testing.assert_allclose(by_task.basis.explained_variance_ratio, pca.explained_variance_ratio_, atol=1e-5)
-    np.testing.assert_allclose(by_task.kl_weighted, weighted, rtol=1e-4, atol=1e-12)
-    assert weighted.max() > 0.01  # the groups do differ: the comparison is not between zeros
+# --- exactness: the same numbers however the work is split ---------------------------------------------
+# (the flow against the study's recipe, written out literally: tests/test_shifts_study.py)
 
 
 def assert_identical(result, expected, name=""):
@@ -159,6 +129,44 @@ def test_results_do_not_depend_on_blocks_or_workers(db, by_task, ray_session):
 
     for name, result in runs.items():
         assert_identical(result, by_task, name)
+
+
+N_FRAGMENTS = 36000 // 2000
+"""Fragments of the 2000-row DBs below (6 models x 6000 filters)."""
+
+
+@pytest.mark.parametrize("rows_per_file, fragment_order", [
+    (36000, None),  # one fragment: one read task, one block
+    (2000, None),  # 18 fragments
+    (2000, list(reversed(range(N_FRAGMENTS)))),  # the same fragments stored in reverse
+    (2000, list(np.random.default_rng(2).permutation(N_FRAGMENTS))),  # and shuffled
+])
+def test_results_do_not_depend_on_the_number_or_order_of_fragments(tmp_path, by_task, ray_session, rows_per_file, fragment_order):
+    db = make_db(tmp_path / "db", n_per_model=6000, rows_per_file=rows_per_file, fragment_order=fragment_order)
+    n_fragments = len(lance.dataset(str(db / "filters.lance")).get_fragments())
+    assert n_fragments == 36000 // rows_per_file
+    for cache in (True, False):
+        assert_identical(run_shifts(db, "task", cache=cache, write=False, reuse=False, progress=False), by_task, f"{n_fragments} fragments, cache {cache}")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_results_do_not_depend_on_the_order_partial_results_merge_in(db, by_task, ray_session, monkeypatch, seed):
+    # Kept blocks are folded one at a time (concurrency 1) in a shuffled order.
+    import flows.shifts
+
+    fold = flows.shifts._fold_blocks
+    rng = np.random.default_rng(seed)
+    orders = []
+
+    def shuffled(blocks, *args, **kwargs):
+        order = rng.permutation(len(blocks))
+        orders.append(order.tolist())
+        return fold([blocks[i] for i in order], *args, **kwargs)
+
+    monkeypatch.setattr(flows.shifts, "_fold_blocks", shuffled)
+    result = run_shifts(db, "task", cache=True, concurrency=1, write=False, reuse=False, progress=False)
+    assert len(orders) == 3 and len(orders[0]) > 1 and orders[0] != sorted(orders[0])  # three steps, each in another order
+    assert_identical(result, by_task, f"merge order of seed {seed}")
 
 
 def odd_parts(n: int, seed: int) -> list[slice]:
@@ -248,6 +256,41 @@ def test_a_models_table_column_is_an_axis_through_model_id(db, ray_session):
     np.testing.assert_array_equal(result.kl_weighted, expected.kl_weighted)
 
 
+def test_several_axes_share_one_basis_one_range_and_one_pass(db, ray_session, monkeypatch):
+    import flows.shifts
+
+    steps = []
+    for name in ("_fold", "_fold_blocks"):
+        fold = getattr(flows.shifts, name)
+        monkeypatch.setattr(flows.shifts, name, lambda *args, fold=fold, **kwargs: steps.append(args[1].__name__) or fold(*args, **kwargs))
+    together = run_shift_axes(db, "task,depth,width", write=False, reuse=False, progress=False)
+    assert steps == ["_moments_of_block", "_range_of_block", "_histograms_of_block"]
+    assert list(together) == ["task", "depth", "width"]
+    for axis, result in together.items():
+        alone = run_shifts(db, axis, write=False, reuse=False, progress=False)
+        assert result.axis == axis
+        assert_identical(result, alone, axis)
+
+
+@pytest.mark.parametrize("sort", ["mean", "name", "none"])
+def test_groups_are_sorted_as_asked(db, by_task, ray_session, sort):
+    result = run_shifts(db, "task", sort=sort, write=False, progress=False)
+    if sort == "mean":
+        assert np.all(np.diff(result.kl_weighted.mean(axis=0)) >= 0)
+    else:
+        assert result.groups == sorted(result.groups)
+    order = [by_task.groups.index(g) for g in result.groups]
+    np.testing.assert_array_equal(result.kl_weighted, by_task.kl_weighted[np.ix_(order, order)])
+    np.testing.assert_array_equal(result.sizes, by_task.sizes[order])
+
+
+def test_depth_bins_stay_in_order_unless_asked_otherwise(db, ray_session):
+    result = run_shifts(db, "depth", write=False, progress=False)
+    assert result.sort == "none" and result.groups == [g for g in shifts.depth_labels() if g in result.groups]
+    by_mean = run_shifts(db, "depth", sort="mean", write=False, progress=False)
+    assert by_mean.groups != result.groups and np.all(np.diff(by_mean.kl_weighted.mean(axis=0)) >= 0)
+
+
 # --- stored basis and tables ----------------------------------------------------------------------------
 
 
@@ -258,6 +301,8 @@ def test_tables_are_written_under_analysis_tagged_with_the_db_version(db, by_tas
     pairs = lance.dataset(str(db / "analysis" / "shifts.lance")).to_table(filter="axis = 'task'")
 
     assert basis.num_rows == 9 and set(basis.column("db_version").to_pylist()) == {version}
+    histograms = histograms.filter(pa.compute.equal(histograms.column("range_mode"), "global"))
+    pairs = pairs.filter(pa.compute.equal(pairs.column("range_mode"), "global"))
     assert histograms.num_rows == 9 * len(by_task.groups)
     assert pairs.num_rows == len(by_task.groups) * (len(by_task.groups) - 1) // 2
     assert set(pairs.column("db_version").to_pylist()) == {version}
@@ -293,6 +338,53 @@ def test_the_basis_stored_for_the_same_selection_and_version_saves_two_passes(db
     again = run_shifts(db, "task", write=False, progress=False)
     assert passes == ["_histograms_of_block"]
     np.testing.assert_array_equal(again.kl_weighted, by_task.kl_weighted)
+
+
+def test_tables_record_the_options_that_change_the_numbers(db, by_task, ray_session):
+    per_component = run_shifts(db, "task", range_mode="per-component", bins=40, progress=False)
+    pairs = lance.dataset(str(db / "analysis" / "shifts.lance")).to_table(filter="axis = 'task'").to_pandas()
+    histograms = lance.dataset(str(db / "analysis" / "histograms.lance")).to_table(filter="axis = 'task'").to_pandas()
+    # both runs' rows are kept side by side, each tagged with its range mode and bins
+    assert set(zip(pairs.range_mode, pairs.bins)) >= {("global", 70), ("per-component", 40)}
+    mine = pairs[(pairs.range_mode == "per-component") & (pairs.bins == 40)]
+    for row in mine.itertuples():
+        a, b = per_component.groups.index(row.group_a), per_component.groups.index(row.group_b)
+        assert row.kl_weighted == pytest.approx(per_component.kl_weighted[a, b], rel=1e-12)
+    global_rows = histograms[histograms.range_mode == "global"]
+    assert global_rows.lo.nunique() == 1 and global_rows.hi.nunique() == 1  # one range for all components
+    assert histograms[histograms.range_mode == "per-component"].lo.nunique() == 9
+    assert all(len(c) == 40 for c in histograms[histograms.bins == 40].counts)
+
+
+def test_a_stored_basis_gives_the_numbers_of_a_fresh_run_in_either_range_mode(db, by_task, ray_session):
+    for range_mode in ("global", "per-component"):
+        fresh = run_shifts(db, "family", range_mode=range_mode, write=False, reuse=False, progress=False)
+        reused = run_shifts(db, "family", range_mode=range_mode, write=False, progress=False)
+        assert reused.basis_selection == by_task.selection  # the stored one
+        assert_identical(reused, fresh, range_mode)
+
+
+def test_tables_of_an_older_version_keep_their_rows_and_gain_the_new_columns(tmp_path, ray_session):
+    db = make_db(tmp_path / "db", n_per_model=2000)
+    first = run_shifts(db, "task", progress=False)
+    folder = db / "analysis"
+    # As an older version wrote them: no range_mode / bins columns, the range in float32.
+    for name in ("basis", "histograms", "shifts"):
+        table = lance.dataset(str(folder / f"{name}.lance")).to_table()
+        table = table.drop_columns([c for c in ("range_mode", "bins") if c in table.schema.names])
+        for column in ("coefficient_min", "coefficient_max"):
+            if column in table.schema.names:
+                table = table.set_column(table.schema.get_field_index(column), column, table.column(column).cast(pa.float32()))
+        old = table.set_column(table.schema.get_field_index("selection"), "selection", pa.array(["old"] * table.num_rows))
+        lance.write_dataset(old, str(folder / f"{name}.lance"), mode="overwrite")
+
+    again = run_shifts(db, "task", progress=False)
+    np.testing.assert_array_equal(again.kl_weighted, first.kl_weighted)
+    pairs = lance.dataset(str(folder / "shifts.lance")).to_table().to_pandas()
+    assert sorted(pairs.selection.unique()) == sorted(["old", first.selection])
+    assert pairs[pairs.selection == "old"].range_mode.isna().all() and (pairs[pairs.selection != "old"].range_mode == "global").all()
+    basis = lance.dataset(str(folder / "basis.lance")).to_table()
+    assert basis.schema.field("coefficient_min").type == pa.float64() and basis.num_rows == 18
 
 
 def test_the_matrix_prints_with_group_sizes(by_task, capsys):
@@ -384,16 +476,30 @@ def test_driver_memory_does_not_grow_with_the_number_of_filters(tmp_path, ray_se
 # --- the math, piece by piece ---------------------------------------------------------------------------
 
 
-def test_histograms_count_like_numpy_histogram():
+@pytest.mark.parametrize("range_mode", ["global", "per-component"])
+def test_histograms_count_like_numpy_histogram(range_mode):
     rng = np.random.default_rng(3)
     weights = synthetic_filters(rng, 50000, rng.uniform(-1, 1, 50000), rng.uniform(0, 1, 50000))
     basis = shifts.Moments.of(weights).basis()
     value_range = shifts.CoefficientRange.of(weights, basis)
-    counts = shifts.Histograms.of(weights, np.zeros(50000, np.intp), ["all"], basis, value_range).counts["all"]
-    coefficients = basis.project(weights)
+    counts = shifts.Histograms.of(weights, np.zeros(50000, np.intp), ["all"], basis, value_range, range_mode=range_mode).counts["all"]
+    coefficients = basis.project(weights).astype(np.float64)
     for k in range(9):
-        expected, _ = np.histogram(coefficients[:, k], bins=70, range=(value_range.lo[k], value_range.hi[k]))
+        span = coefficients if range_mode == "global" else coefficients[:, k]
+        expected, _ = np.histogram(coefficients[:, k], bins=70, range=(span.min(), span.max()))
         assert np.abs(counts[k] - expected).sum() <= 4  # only float32 ties at bin edges may differ
+
+
+def test_probabilities_are_densities_floored_at_float32_epsilon_and_renormalised():
+    # Two components of different bin widths: the floor is relative to the density, count / (n * width).
+    counts = np.array([[[3, 0, 1, 0], [0, 4, 0, 0]]])
+    widths = np.array([0.5, 0.01])
+    p = shifts.probabilities(counts, widths)
+    eps = np.finfo(np.float32).eps
+    first = np.array([3 / (4 * 0.5), eps, 1 / (4 * 0.5), eps])
+    second = np.array([eps, 4 / (4 * 0.01), eps, eps])
+    np.testing.assert_allclose(p[0, 0], first / first.sum(), rtol=1e-15)
+    np.testing.assert_allclose(p[0, 1], second / second.sum(), rtol=1e-15)
 
 
 def test_a_scaled_block_gives_the_aggregates_of_its_weights():
@@ -402,7 +508,7 @@ def test_a_scaled_block_gives_the_aggregates_of_its_weights():
     weights = synthetic_filters(rng, 30000, rng.uniform(-1, 1, 30000), rng.uniform(0, 1, 30000))
     labels = np.array(["b", "a", "c"])[rng.integers(0, 3, 30000)]
     first, second = slice(0, 12000), slice(12000, 30000)
-    parts = [shifts.scaled_block(weights[s], *shifts.group_codes(pa.array(labels[s]))) for s in (first, second)]
+    parts = [shifts.scaled_block(weights[s], [shifts.group_codes(pa.array(labels[s]))]) for s in (first, second)]
     block = pa.concat_tables([parts[0], parts[1].slice(0, 0), parts[1]])
 
     codes, names = shifts.block_groups(block)
@@ -431,7 +537,7 @@ def test_an_all_zero_filter_keeps_divisor_one():
 def test_kl_matrix_equals_scipy_entropy_both_ways():
     rng = np.random.default_rng(4)
     counts = rng.integers(0, 50, (4, 9, 70))
-    p = shifts.probabilities(counts)
+    p = shifts.probabilities(counts, rng.uniform(0.01, 0.1, 9))
     kl = shifts.symmetric_kl_matrix(p)
     for a in range(4):
         for b in range(4):
@@ -439,12 +545,34 @@ def test_kl_matrix_equals_scipy_entropy_both_ways():
             np.testing.assert_allclose(kl[a, b], expected, rtol=1e-9, atol=1e-12)
 
 
-def test_binned_kde_bandwidth_follows_silverman():
-    rng = np.random.default_rng(5)
-    values = rng.standard_normal(200000)
+def silverman(values: np.ndarray) -> float:
+    """Silverman's rule as KDEpy writes it, from the raw values."""
+    std = values.std(ddof=1)
+    iqr = (np.percentile(values, 75) - np.percentile(values, 25)) / 1.349
+    return min(std, iqr) * (3 * len(values) / 4) ** (-1 / 5)
+
+
+@pytest.mark.parametrize("name, values", [
+    # right-skewed: the tail inflates the standard deviation (1.28x IQR / 1.349), the IQR branch is
+    # the smaller (a longer tail would make 70 bins too coarse for the quartiles)
+    ("lognormal", np.random.default_rng(5).lognormal(0, 0.6, 200000)),
+    # two far-apart modes: the IQR spans the gap, the standard deviation branch is the smaller
+    ("bimodal", np.concatenate([np.random.default_rng(6).normal(-3, 0.5, 100000), np.random.default_rng(7).normal(3, 0.5, 100000)])),
+])
+def test_binned_kde_bandwidth_follows_silverman_on_either_branch(name, values):
+    std, iqr = values.std(ddof=1), (np.percentile(values, 75) - np.percentile(values, 25)) / 1.349
+    assert abs(std - iqr) > 0.2 * min(std, iqr), name  # the two branches differ here
     counts, edges = np.histogram(values, bins=70)
     density, bandwidth = shifts.binned_kde(counts, edges[0], edges[-1])
-    assert bandwidth == pytest.approx(values.std(ddof=1) * (3 * len(values) / 4) ** (-1 / 5), rel=0.02)
+    assert bandwidth == pytest.approx(silverman(values), rel=0.02)
+    assert bandwidth != pytest.approx(max(std, iqr) * (3 * len(values) / 4) ** (-1 / 5), rel=0.1)  # not the other branch
+    assert density.sum() * (edges[1] - edges[0]) == pytest.approx(1, abs=0.02)
+
+
+def test_binned_kde_of_normal_data_is_the_normal_density():
+    values = np.random.default_rng(5).standard_normal(200000)
+    counts, edges = np.histogram(values, bins=70)
+    density, _ = shifts.binned_kde(counts, edges[0], edges[-1])
     centres = (edges[:-1] + edges[1:]) / 2
     np.testing.assert_allclose(density, np.exp(-(centres**2) / 2) / np.sqrt(2 * np.pi), atol=0.01)
 
@@ -487,3 +615,36 @@ def test_missing_db_and_missing_basis_say_what_to_do(tmp_path, db):
         run_shifts(tmp_path, "task")
     with pytest.raises(ShiftInputError, match="no stored basis"):
         run_shifts(db, "task", basis=tmp_path)
+
+
+def test_an_axis_with_one_group_is_one_line_saying_so(db, capsys):
+    from flows.cli import main
+
+    with pytest.raises(ShiftInputError, match="axis 'visual_category' has one group \\('natural'\\)"):
+        run_shifts(db, "visual_category", write=False)
+    assert main(["shifts", "--db", str(db), "--by", "task,visual_category"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("filterdb shifts: axis 'visual_category' has one group") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("option, value", [("--range", "per-filter"), ("--sort", "size")])
+def test_an_unknown_range_or_sort_names_the_choices(db, capsys, option, value):
+    from flows.cli import main
+
+    with pytest.raises(SystemExit) as exit_status:
+        main(["shifts", "--db", str(db), "--by", "task", option, value])
+    assert exit_status.value.code == 2
+    err = capsys.readouterr().err
+    assert f"invalid choice: '{value}'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"range_mode": "per-filter"}, "unknown range 'per-filter': choose one of global, per-component"),
+    ({"sort": "size"}, "unknown sort 'size': choose one of mean, name, none"),
+    ({"by": "task,task"}, "axis 'task' is given twice"),
+])
+def test_bad_options_from_python_are_one_line(db, options, message):
+    options = {"by": "task", **options}
+    with pytest.raises(ShiftInputError, match=message) as error:
+        run_shift_axes(db, **options)
+    assert "\n" not in str(error.value)

@@ -163,12 +163,22 @@ def test_same_trained_model_gives_identical_layers_in_every_format(trained_timm)
 
 
 def test_bn_folded_onnx_export_stores_the_fused_weights_it_holds(trained_timm):
+    """The exporter folds each BatchNorm into the convolution before it: W * gamma / sqrt(var + eps)
+    per output channel, computed here from the trained module's own parameters."""
     folder, model = trained_timm
     folded = load_layers(entry("onnx", folder / "m_folded.onnx"))
-    plain = load_layers(entry("onnx", folder / "m.onnx"))
-    assert [l.conv_depth for l in folded.layers] == [l.conv_depth for l in plain.layers]
-    assert [l.weight.shape for l in folded.layers] == [l.weight.shape for l in plain.layers]
-    assert not np.array_equal(folded.layers[0].weight, plain.layers[0].weight)
+    reference = load_layers(entry("checkpoint", folder / "m.pth", arch="test_resnet", input_size=INPUT_SIZE))
+    modules = list(model.named_modules())
+    following_bn = {name: next(m for _, m in modules[i + 1:] if isinstance(m, nn.BatchNorm2d))
+                    for i, (name, module) in enumerate(modules) if isinstance(module, nn.Conv2d)}
+    assert len(folded.layers) == len(reference.layers) == len(following_bn)
+    assert [l.conv_depth for l in folded.layers] == [l.conv_depth for l in reference.layers]
+    for ours, ref in zip(folded.layers, reference.layers):
+        bn = following_bn[ref.name]
+        gain = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().double().numpy()
+        expected = ref.weight.astype(np.float64) * gain.reshape(-1, 1, 1, 1)
+        assert not np.allclose(gain, 1.0), ref.name  # trained BatchNorm: folding changes the values
+        np.testing.assert_allclose(ours.weight, expected, rtol=2e-6, atol=1e-7 * np.abs(expected).max(), err_msg=ref.name)
 
 
 def test_timm_weights_from_local_file(tmp_path):
@@ -296,3 +306,91 @@ def test_failed_forward_pass_falls_back_to_order_and_says_why():
     layers = module_convolutions(NeedsTwoInputs(), (1, 8, 8))
     assert layers.depth_method == "declaration_order"
     assert "forward pass on input (1, 8, 8) failed" in layers.notes[0]
+
+
+# --- quantized ONNX models, as ONNX Runtime's quantization tools write them ----------------------
+
+
+class SmallNet(nn.Module):
+    """An ordinary, a depthwise and a 1x1 convolution: per-channel scales differ between channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(2, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.c = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+QUANTIZED = [(kind, per_channel) for kind in ("dynamic", "static_qoperator", "static_qdq") for per_channel in (False, True)]
+
+
+@pytest.fixture(scope="module")
+def quantized_models(tmp_path_factory):
+    """SmallNet exported as float ONNX, then quantized: {(kind, per_channel): path}, and its float weights."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.batches = iter([{"x": rng.standard_normal((1, 2, 8, 8)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    folder = tmp_path_factory.mktemp("quantized")
+    torch.manual_seed(0)
+    model = SmallNet().eval()
+    torch.onnx.export(model, (torch.randn(1, 2, 8, 8),), folder / "float.onnx", dynamo=False, input_names=["x"])
+    paths = {}
+    for kind, per_channel in QUANTIZED:
+        path = paths[kind, per_channel] = folder / f"{kind}_{per_channel}.onnx"
+        if kind == "dynamic":
+            quantize_dynamic(folder / "float.onnx", path, per_channel=per_channel, weight_type=QuantType.QUInt8)
+        else:
+            quant_format = QuantFormat.QOperator if kind == "static_qoperator" else QuantFormat.QDQ
+            quantize_static(folder / "float.onnx", path, Calibration(), quant_format=quant_format, per_channel=per_channel)
+    return paths, {name: m.weight.detach().numpy() for name, m in model.named_children()}
+
+
+def initializer(model, name):
+    return next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == name)
+
+
+@pytest.mark.parametrize("kind, per_channel", QUANTIZED)
+def test_quantized_onnx_gives_the_dequantized_kernels(quantized_models, kind, per_channel):
+    paths, float_weights = quantized_models
+    ops_seen = {node.op_type for node in onnx.load(paths[kind, per_channel]).graph.node}
+    assert {"dynamic": "ConvInteger", "static_qoperator": "QLinearConv", "static_qdq": "DequantizeLinear"}[kind] in ops_seen
+    file = onnx.load(paths[kind, per_channel])
+    layers = load_layers(entry("onnx", paths[kind, per_channel])).layers
+    assert [l.name for l in layers] == ["a", "b", "c"]
+    assert [l.kind for l in layers] == ["conv", "depthwise", "conv"]
+    assert [l.conv_depth for l in layers] == [0, 1, 2]
+    for layer in layers:
+        # the file's own quantized weight, zero point and scale (per tensor or per output channel)
+        q = initializer(file, f"{layer.name}.weight_quantized").astype(np.float64)
+        zero_point = initializer(file, f"{layer.name}.weight_zero_point").astype(np.float64).reshape(-1, 1, 1, 1)
+        scale = initializer(file, f"{layer.name}.weight_scale").astype(np.float64).reshape(-1, 1, 1, 1)
+        if per_channel and kind != "dynamic":  # ONNX Runtime's dynamic ConvInteger keeps one scale per tensor
+            assert scale.size == layer.weight.shape[0]
+        np.testing.assert_allclose(layer.weight, (q - zero_point) * scale, rtol=1e-6, atol=0)
+        # and the float model's kernels, to within half a quantization step
+        assert np.all(np.abs(layer.weight - float_weights[layer.name]) <= scale / 2 * (1 + 1e-4)), layer.name
+
+
+def test_conv_integer_without_a_scale_in_the_graph_keeps_q_minus_zero_point_and_says_so():
+    q = np.random.default_rng(1).integers(0, 256, (4, 2, 3, 3)).astype(np.uint8)
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 2, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.INT32, [1, 4, 6, 6])
+    inits = [numpy_helper.from_array(q, "w_q"), numpy_helper.from_array(np.array(128, np.uint8), "w_zp"),
+             numpy_helper.from_array(np.array(0, np.uint8), "x_zp")]
+    node = helper.make_node("ConvInteger", ["x", "w_q", "x_zp", "w_zp"], ["y"], name="conv")
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y], initializer=inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    result = onnx_convolutions(model)
+    assert np.array_equal(result.layers[0].weight, q.astype(np.float32) - 128)
+    assert "ConvInteger without a weight scale" in result.notes[0]

@@ -1,8 +1,8 @@
 """Benchmark of extraction: the single-process loop against the Ray pipeline with 1 and 2 actors.
 
 Prints models/min and filters/s of each, the ratio to the loop, Ray's fixed cost (start to first
-stored model, Ray start included) apart from the per-model rate after it, and the driver's peak
-memory. First it measures the layer-metrics step of extraction on the same models: every 3x3
+stored model, Ray start included; Ray's own start and an actor's imports also apart) apart from the
+per-model rate after it, and the driver's peak memory. First it measures the layer-metrics step of extraction on the same models: every 3x3
 layer of a model measured together (`quality_of_layers`, as extraction does) against one layer at
 a time (`layer_quality`), with the largest difference of their values.
 Run: `filterdb bench extract [--demo-catalog demo_out/catalog.csv] [--metrics-only]`.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from flows.bench.timing import Column, FigureTable, PeakMemory, Ratio, best_of
+from flows.bench.timing import Column, FigureTable, PeakMemory, Ratio, best_of, best_of_each
 from ops.catalog import read_catalog, write_catalog
 
 HELP = "single-process loop vs Ray pipeline with 1 and 2 actors"
@@ -46,6 +46,18 @@ def bench_catalog(folder: Path, archs: list[str], demo_catalog: str | None) -> P
     return path
 
 
+def actor_import_seconds() -> float:
+    """Seconds a fresh Python process takes to import what an extraction actor imports (torch, timm,
+    the extraction code): what each actor pays before its first model."""
+    import subprocess
+    import sys
+    import time
+
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, timm, ops.extraction"], check=True)
+    return time.perf_counter() - started
+
+
 def _run(name: str, extract, catalog: Path, folder: Path) -> dict:
     db = folder / f"db_{name}"
     shutil.rmtree(db, ignore_errors=True)
@@ -72,8 +84,9 @@ def metrics_figures(catalog: Path, repeats: int = 3) -> FigureTable:
     models = [[torch.from_numpy(layer.weight) for layer in load_layers(entry).layers if layer.weight.shape[2:] == (3, 3)]
               for entry in read_catalog(catalog)]
     layers, filters = sum(map(len, models)), sum(w.shape[0] * w.shape[1] for ws in models for w in ws)
-    batched = best_of(lambda: [quality_of_layers(ws) for ws in models], repeats)
-    per_layer = best_of(lambda: [[layer_quality(w) for w in ws] for ws in models], repeats)
+    # interleaved rounds, so that load from other processes hits both alike
+    batched, per_layer = best_of_each([lambda: [quality_of_layers(ws) for ws in models],
+                                       lambda: [[layer_quality(w) for w in ws] for ws in models]], repeats)
     difference = max((abs(a[c] - b[c]) for ws_a, ws_b in zip(batched.result, per_layer.result) for a, b in zip(ws_a, ws_b)
                       for c in QUALITY_COLUMNS if np.isfinite(a[c]) and np.isfinite(b[c])), default=0.0)
     table = FigureTable(f"layer metrics of {len(models)} models ({layers} 3x3 layers, {filters:,} filters), best of {repeats}",
@@ -90,6 +103,8 @@ def run_extract_benchmark(archs: list[str] | None = None, demo_catalog: str | No
                           workdir: str | None = None, actor_counts: tuple[int, ...] = (1, 2)) -> list[dict]:
     """Extracts the catalog of `archs` (and of `demo_catalog`) with each contender into a fresh DB
     under `workdir`; one dict of figures per run, the loop's first."""
+    import time
+
     import ray
 
     from flows.extract import extract_catalog, extract_catalog_local
@@ -104,12 +119,16 @@ def run_extract_benchmark(archs: list[str] | None = None, demo_catalog: str | No
     for actors in actor_counts:
         ray.shutdown()  # each Ray run pays its own start, reported as the fixed cost
 
+        ray_start = {}
+
         def ray_extract(c, d, actors=actors):
+            started = time.perf_counter()
             ensure_ray(num_cpus=max(2, actors))
+            ray_start["s"] = time.perf_counter() - started
             # commit every second, so that "first stored model" is not held back by the 5 s default
             return extract_catalog(c, d, actors=actors, commit_every_s=1.0, progress=False)
 
-        results.append(_run(f"ray x{actors}", ray_extract, catalog, folder))
+        results.append({**_run(f"ray x{actors}", ray_extract, catalog, folder), "ray_start_s": ray_start["s"]})
     ray.shutdown()
     return results
 
@@ -118,7 +137,8 @@ def extract_table(results: list[dict]) -> FigureTable:
     table = FigureTable("extraction benchmark", [
         Column("models", "models"), Column("failed", "failed"), Column("seconds", "seconds", "{:.1f}".format),
         Column("models/min", "models_per_min", "{:.1f}".format), Column("filters/s", "filters_per_s", "{:,.0f}".format),
-        Ratio("vs loop", "models_per_min"), Column("first model (s)", "first_model_s", "{:.1f}".format),
+        Ratio("vs loop", "models_per_min"), Column("Ray start (s)", "ray_start_s", "{:.1f}".format),
+        Column("first model (s)", "first_model_s", "{:.1f}".format),
         Column("steady models/min", "steady_models_per_min", "{:.1f}".format), Ratio("steady vs loop", "steady_models_per_min"),
         Column("driver RSS growth MiB", "driver_growth_mib", "{:.0f}".format),
     ], baseline=results[0]["name"])
@@ -146,6 +166,10 @@ def run(args) -> int:
     metrics.print(console)
     results = run_extract_benchmark(BENCH_ARCHS[: args.archs], args.demo_catalog, str(folder))
     table = extract_table(results)
+    imports = actor_import_seconds()
+    table.notes.append(f"a fresh Python process imports torch, timm and the extraction code in {imports:.1f} s: "
+                       f"each actor pays it before its first model")
+    table.extra["actor_import_s"] = imports
     table.extra["layer_metrics"] = metrics.as_json()
     table.report(args.json, console)
     return 1 if any(r["failed"] for r in results) else 0

@@ -8,9 +8,13 @@ In one run, on one synthetic DB (generated once under the cache folder, then reu
   first run, which starts the workers, are reported apart; the seconds of each step are printed), and
   with the basis stored for the selection (one pass);
 - in-memory: the same aggregates (`ops.shifts.analyse`) on a numpy array already in memory;
-- study: the study's single-process recipe: load everything, scikit-learn PCA, per-group
-  `numpy.histogram`, `scipy.stats.entropy` (skipped above `--study-max`, where it would not fit);
+- study: the study's single-process recipe: load everything, scikit-learn PCA, one range over all
+  coefficients, per-group `numpy.histogram(density=True)` floored at float32 epsilon,
+  `scipy.stats.entropy` (skipped above `--study-max`, where it would not fit);
 - peak memory of the flow (driver plus Ray's processes) at this size.
+Every contender runs `--repeats` times, best kept. `--json FILE` writes the figures, with the
+headline ones at the top level: `filters`, `flow_filters_per_s` (the default flow),
+`study_filters_per_s`, `scan_filters_per_s`, `peak_rss_bytes` (the default flow's).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import pyarrow.compute as pc
 
 from flows.bench.timing import Column, FigureTable, PeakMemory, Ratio, best_of
 from flows.ray_runtime import ensure_ray
-from ops.store import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS
+from ops.store import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS, MODELS_SCHEMA
 
 HELP = "shift flow vs numpy, the study's recipe, the Lance scan"
 
@@ -104,8 +108,10 @@ def synthetic_db(n_filters: int, cache: Path = DEFAULT_CACHE, seed: int = 0) -> 
     """A DB folder with a synthetic filters.lance of n_filters rows (models of ~50k filters, 12 layers,
     meta columns per model) and the matching layers.lance; generated once, then reused."""
     db = Path(cache) / f"shifts_{n_filters}"
-    uri, layers_uri = db / "filters.lance", db / "layers.lance"
+    uri, layers_uri, models_uri = db / "filters.lance", db / "layers.lance", db / "models.lance"
     if layers_uri.exists() and uri.exists() and lance.dataset(str(uri)).count_rows() == n_filters:
+        if not models_uri.exists():  # a DB generated before readers checked the models rows
+            lance.write_dataset(_models_table(lance.dataset(str(layers_uri)).to_table()), str(models_uri))
         return db
     db.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -122,8 +128,23 @@ def synthetic_db(n_filters: int, cache: Path = DEFAULT_CACHE, seed: int = 0) -> 
             key = (row["model_id"], row["layer_index"])
             previous = layers.get(key, {"n_filters": 0})
             layers[key] = {**row, "n_filters": previous["n_filters"] + row["out_index_count"]}
-    lance.write_dataset(_layers_table(list(layers.values())), str(layers_uri), mode="overwrite")
+    layers_table = _layers_table(list(layers.values()))
+    lance.write_dataset(layers_table, str(layers_uri), mode="overwrite")
+    lance.write_dataset(_models_table(layers_table), str(models_uri), mode="overwrite")
     return db
+
+
+def _models_table(layers: pa.Table) -> pa.Table:
+    """One `ok` models row per model of the layers table, with its filter and layer counts (what
+    readers check the stored rows against) and the meta values its filters carry."""
+    per_model = layers.group_by("model_id").aggregate([("n_filters", "sum"), ("layer_index", "count")]).sort_by("model_id")
+    ids = per_model.column("model_id").to_pylist()
+    columns = {"model_id": ids, "source": ["synthetic"] * len(ids), "status": ["ok"] * len(ids),
+               "n_filters_3x3": per_model.column("n_filters_sum").to_pylist(), "n_conv_layers": per_model.column("layer_index_count").to_pylist()}
+    for name in META_COLUMNS:
+        values = META_VALUES[name]
+        columns[name] = [values[np.random.default_rng([int(m.split("_")[1]), len(name)]).integers(len(values))] for m in ids]
+    return pa.table({f.name: pa.array(columns.get(f.name, [None] * len(ids)), f.type) for f in MODELS_SCHEMA}, schema=MODELS_SCHEMA)
 
 
 def _layers_table(rows: list[dict]) -> pa.Table:
@@ -154,36 +175,42 @@ def scan_rate(uri: str, repeats: int = 3, batch_rows: int = 1 << 17) -> float:
     return timing.result / timing.seconds
 
 
-def study_recipe(uri: str, by: str, bins: int = 70) -> np.ndarray:
-    """The study's single-process approach: load every filter, peak-scale, scikit-learn PCA,
-    numpy.histogram per group and component over the global range, scipy's entropy both ways."""
+def study_recipe(uri: str, axes: list[str], bins: int = 70) -> dict[str, np.ndarray]:
+    """The study's single-process recipe (design.md, "Distribution shift"): load every filter, divide
+    each by its own max |w| (float32, as stored), scikit-learn PCA (in float32, the study's dtype), ONE
+    (min, max) over all coefficients of all components, `np.histogram(range=, bins=, density=True)`
+    per group and component, float64, zero bins set to float32 epsilon, renormalised, scipy's entropy
+    both ways, weighted by `explained_variance_ratio_`. The weighted matrix of every axis, groups by name."""
     from scipy.stats import entropy
     from sklearn.decomposition import PCA
 
-    table = lance.dataset(uri).to_table(columns=["weights", by])
+    table = lance.dataset(uri).to_table(columns=["weights", *axes])
     weights = table.column("weights").combine_chunks().flatten().to_numpy().reshape(-1, 9)
-    groups = table.column(by).to_numpy(zero_copy_only=False)
     peak = np.abs(weights).max(axis=1)
     peak[peak == 0] = 1
     scaled = weights / peak[:, None]
     pca = PCA(n_components=9).fit(scaled)
     coefficients = pca.transform(scaled)
-    names = sorted(set(groups))
-    lo, hi = coefficients.min(axis=0), coefficients.max(axis=0)
+    value_range = (coefficients.min(), coefficients.max())
     eps = np.finfo(np.float32).eps
-    p = {}
-    for g in names:
-        members = coefficients[groups == g]
-        for k in range(9):
-            counts, _ = np.histogram(members[:, k], bins=bins, range=(lo[k], hi[k]))
-            q = counts / counts.sum()
-            q[q == 0] = eps
-            p[g, k] = q / q.sum()
-    weighted = np.zeros((len(names), len(names)))
-    for a, ga in enumerate(names):
-        for b, gb in enumerate(names):
-            weighted[a, b] = sum(pca.explained_variance_ratio_[k] * (entropy(p[ga, k], p[gb, k]) + entropy(p[gb, k], p[ga, k])) for k in range(9))
-    return weighted
+    matrices = {}
+    for axis in axes:
+        groups = table.column(axis).to_numpy(zero_copy_only=False)
+        names = sorted(set(groups))
+        p = {}
+        for g in names:
+            members = coefficients[groups == g]
+            for k in range(9):
+                density, _ = np.histogram(members[:, k], bins=bins, range=value_range, density=True)
+                density = density.astype(np.float64)
+                density[density == 0] = eps
+                p[g, k] = density / density.sum()
+        weighted = np.zeros((len(names), len(names)))
+        for a, ga in enumerate(names):
+            for b, gb in enumerate(names):
+                weighted[a, b] = sum(pca.explained_variance_ratio_[k] * (entropy(p[ga, k], p[gb, k]) + entropy(p[gb, k], p[ga, k])) for k in range(9))
+        matrices[axis] = weighted
+    return matrices
 
 
 def run_shifts_benchmark(
@@ -195,47 +222,93 @@ def run_shifts_benchmark(
     repeats: int = 2,
     address: str | None = None,
 ) -> dict:
-    """All figures of the benchmark in one dict (rates in filters/s, times in s, memory in bytes)."""
+    """All figures of the benchmark in one dict (rates in filters/s, times in s, memory in bytes).
+    `by`: one axis or several separated by commas (the flow does them in one pass, the study's recipe
+    one after the other on the same PCA). Every contender runs `repeats` times, best kept."""
     import ray
 
-    from flows.shifts import CACHE_SHARE, CACHED_BYTES_PER_FILTER, run_shifts
-    from ops.shifts import analyse, group_codes, weights_array
+    from flows.shifts import CACHE_SHARE, CACHED_BYTES_PER_FILTER, run_shift_axes
+    from ops.shifts import analyse, axis_names, group_codes, weights_array
 
+    axes = axis_names(by)
     db = synthetic_db(n_filters, cache)
     uri = str(db / "filters.lance")
-    figures = {"filters": n_filters, "by": by, "cpus": os.cpu_count(), "load_average_before": os.getloadavg()[0]}
-    figures["scan"] = scan_rate(uri)
+    figures = {"filters": n_filters, "by": ",".join(axes), "repeats": repeats, "cpus": os.cpu_count(), "load_average_before": os.getloadavg()[0]}
+    figures["scan"] = scan_rate(uri, repeats)
+
+    def flow_run(**options):
+        return run_shift_axes(db, axes, write=False, progress=False, **options)
 
     figures["ray_start_s"] = best_of(lambda: ensure_ray(address)).seconds
     figures["object_store_bytes"] = ray.cluster_resources().get("object_store_memory", 0)
     figures["cache_share"] = CACHE_SHARE
     figures["cache_fits"] = n_filters * CACHED_BYTES_PER_FILTER <= CACHE_SHARE * figures["object_store_bytes"]
-    figures["first_run_s"] = best_of(lambda: run_shifts(db, by, write=False, reuse=False, progress=False)).seconds
+    figures["first_run_s"] = best_of(lambda: flow_run(reuse=False)).seconds
     workers = (None, *[w for w in workers if w is not None])  # the default flow is every ratio's baseline
+    default_flow = None
     for cache in (False, True):  # the run that keeps blocks leaves the object store's pages resident: last
         for w in workers:
             key = f"flow_{'cached' if cache else 'streamed'}_{w or 'all'}"
             with PeakMemory(children=True) as memory:
-                flow = best_of(lambda t: run_shifts(db, by, write=False, reuse=False, concurrency=w, cache=cache, progress=False, timings=t), repeats, steps=True)
+                flow = best_of(lambda t: flow_run(reuse=False, concurrency=w, cache=cache, timings=t), repeats, steps=True)
             figures[key], figures[f"{key}_peak_rss"], figures[f"{key}_steps"] = n_filters / flow.seconds, memory.peak, flow.steps
-    run_shifts(db, by, progress=False, reuse=False)  # stores the basis of this selection and version
-    figures["flow_stored_basis"] = n_filters / best_of(lambda: run_shifts(db, by, write=False, progress=False), repeats).seconds
+            if w is None and cache == figures["cache_fits"]:
+                default_flow = flow.result
+    run_shift_axes(db, axes, progress=False, reuse=False)  # stores the basis of this selection and version
+    figures["flow_stored_basis"] = n_filters / best_of(lambda: flow_run(), repeats).seconds
     figures["flow"] = figures[f"flow_{'cached' if figures['cache_fits'] else 'streamed'}_all"]  # the default
 
-    table = lance.dataset(uri).to_table(columns=["weights", by])
+    table = lance.dataset(uri).to_table(columns=["weights", axes[0]])
     weights = weights_array(table.column("weights"))
-    codes, labels = group_codes(table.column(by))
-    figures["in_memory"] = n_filters / best_of(lambda: analyse(weights, codes, labels, axis=by), repeats).seconds
+    codes, labels = group_codes(table.column(axes[0]))
+    figures["in_memory"] = n_filters / best_of(lambda: analyse(weights, codes, labels, axis=axes[0]), repeats).seconds
     del table, weights, codes
 
     if n_filters <= study_max:
         with PeakMemory(children=True) as memory:
-            study = best_of(lambda: study_recipe(uri, by))
-        figures["study"], weighted = n_filters / study.seconds, study.result
+            study = best_of(lambda: study_recipe(uri, axes), repeats)
+        figures["study"] = n_filters / study.seconds
         figures["study_peak_rss_growth"] = memory.peak - memory.baseline
-        figures["study_max_relative_difference"] = float(np.abs(weighted - flow.result.kl_weighted).max() / np.abs(weighted).max())
+        figures["study_max_relative_difference"] = max(
+            float(np.abs(study.result[axis] - default_flow[axis].sorted("name").kl_weighted).max() / np.abs(study.result[axis]).max()) for axis in axes)
     figures["load_average_after"] = os.getloadavg()[0]
     return figures
+
+
+def step_costs(n_filters: int, by: str = "task", cache: Path = DEFAULT_CACHE, repeats: int = 2) -> FigureTable:
+    """CPU nanoseconds per filter of every piece of the flow's work, in this process (all threads'
+    CPU time, `time.process_time`; best of `repeats`), on the synthetic DB of `n_filters`: what one
+    filter costs wherever it runs, without Ray. The aggregates over a kept block include reading its
+    chunks (the first row of them)."""
+    import time
+
+    from ops.shifts import AxesHistograms, CoefficientRange, Moments, axis_names, block_chunks, group_codes, scaled_block, scaled_chunks, weights_array
+
+    axis = axis_names(by)[0]
+    dataset = lance.dataset(str(synthetic_db(n_filters, cache) / "filters.lance"))
+
+    def cpu_ns(fn) -> tuple[float, object]:
+        timing = best_of(fn, repeats, clock=time.process_time)
+        return timing.seconds / n_filters * 1e9, timing.result
+
+    costs = {}
+    costs["Lance: decode `weights`"], table = cpu_ns(lambda: dataset.scanner(columns=["weights"], batch_size=1 << 17).to_table())
+    costs[f"Lance: decode `{axis}`"], labels_table = cpu_ns(lambda: dataset.scanner(columns=[axis], batch_size=1 << 17).to_table())
+    weights = weights_array(table.column("weights"))
+    costs["group codes of the axis column"], (codes, labels) = cpu_ns(lambda: group_codes(labels_table.column(axis)))
+    costs["step 1: peak scaling (scaled_chunks)"], _ = cpu_ns(lambda: sum(q.shape[1] for _, q in scaled_chunks(weights)))
+    costs["step 1, kept: scaled block (scaled_block)"], block = cpu_ns(lambda: scaled_block(weights, [(codes, labels)]))
+    costs["reading a kept block's chunks (block_chunks)"], _ = cpu_ns(lambda: sum(q.shape[1] for _, q in block_chunks(block)))
+    costs["step 2: moments, kept block"], moments = cpu_ns(lambda: Moments.of_chunks(block_chunks(block)))
+    basis = moments.basis()
+    costs["step 3: range, kept block"], value_range = cpu_ns(lambda: CoefficientRange.of_chunks(block_chunks(block), basis))
+    costs["step 4: histograms, kept block"], _ = cpu_ns(lambda: AxesHistograms.of_chunks(block_chunks(block), [(codes, labels)], basis, value_range))
+    table = FigureTable(f"CPU ns per filter, {n_filters:,} filters, axis {axis}, best of {repeats} (time.process_time, one process)",
+                        [Column("ns / filter", "ns", "{:.1f}".format)], name_header="what")
+    for what, ns in costs.items():
+        table.add(what, {"ns": ns})
+    table.notes.append(f"load average {os.getloadavg()[0]:.1f} after; steps 2-4 include reading the block's chunks")
+    return table
 
 
 def shifts_table(figures: dict) -> FigureTable:
@@ -249,10 +322,18 @@ def shifts_table(figures: dict) -> FigureTable:
         rows[key] = f"flow on Ray, {'all CPUs (default)' if w == 'all' else w + ' worker(s)'}, {what}"
     rows["flow_stored_basis"] = "flow on Ray, basis stored for this selection+version (1 pass)"
     rows["in_memory"] = "same aggregates on an in-memory numpy array (1 process)"
-    rows["study"] = "study's recipe (load all, scikit-learn PCA, np.histogram)"
-    table = FigureTable(f"filterdb shifts --by {figures['by']}: {n:,} filters, {figures['cpus']} CPUs (load average {figures['load_average_before']:.1f} before, {figures['load_average_after']:.1f} after)",
+    rows["study"] = "study's recipe (load all, scikit-learn PCA, one range, np.histogram density)"
+    summary = {
+        "filters": n,
+        "flow_filters_per_s": figures["flow"],
+        "study_filters_per_s": figures.get("study"),
+        "scan_filters_per_s": figures["scan"],
+        "peak_rss_bytes": figures[f"{default}_peak_rss"],
+    }
+    table = FigureTable(f"filterdb shifts --by {figures['by']}: {n:,} filters, {figures['cpus']} CPUs, best of {figures['repeats']} "
+                        f"(load average {figures['load_average_before']:.1f} before, {figures['load_average_after']:.1f} after)",
                         [Column("filters/s", "filters_per_s", lambda rate: f"{rate / 1e6:,.2f} M"), Ratio("default flow ÷ this", "filters_per_s", inverted=True)],
-                        baseline=rows[default], name_header="what", extra={"figures": figures})
+                        baseline=rows[default], name_header="what", extra={**summary, "figures": figures})
     for key, what in rows.items():
         if key in figures:
             table.add(what, {"filters_per_s": figures[key]})
@@ -264,7 +345,8 @@ def shifts_table(figures: dict) -> FigureTable:
         steps = ", ".join(f"{step} {seconds:.2f} s" for step, seconds in figures[key].items())
         table.notes.append(f"{key.removesuffix('_steps').replace('_', ' ')}, best run: {steps}; peak RSS of driver + Ray processes {figures[key.replace('_steps', '_peak_rss')] / mib:,.0f} MiB")
     if "study" in figures:
-        table.notes.append(f"study's recipe: +{figures['study_peak_rss_growth'] / mib:,.0f} MiB resident; weighted KL differs from the flow's by {figures['study_max_relative_difference']:.1e} (relative, float32 PCA)")
+        table.notes.append(f"study's recipe: +{figures['study_peak_rss_growth'] / mib:,.0f} MiB resident; weighted KL differs from the default flow's by "
+                           f"{figures['study_max_relative_difference']:.1e} (largest difference over the largest value, float32 PCA)")
     return table
 
 
@@ -277,15 +359,19 @@ def parse_count(text: str) -> int:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--filters", default="10M", help="number of synthetic filters, e.g. 1M, 10M (default 10M)")
-    parser.add_argument("--by", default="task", help="axis of the analysis (default task)")
+    parser.add_argument("--by", default="task", help="axis of the analysis, or several separated by commas (default task)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"folder of the synthetic DBs (default {DEFAULT_CACHE})")
     parser.add_argument("--study-max", default="20M", help="skip the study's recipe above this many filters (default 20M)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each contender, best kept (default 2)")
     parser.add_argument("--address", default=None, help="Ray address (default: a local Ray)")
+    parser.add_argument("--steps", action="store_true", help="only the CPU nanoseconds per filter of every piece of work, in one process")
     parser.add_argument("--workers", default="all,1,2", help="parallel tasks of the flow's runs besides Ray's default ('all', always run: the baseline), e.g. 1,2 (default all,1,2)")
 
 
 def run(args) -> int:
+    if args.steps:
+        step_costs(parse_count(args.filters), by=args.by, cache=args.cache, repeats=args.repeats).report(args.json)
+        return 0
     figures = run_shifts_benchmark(parse_count(args.filters), by=args.by, cache=args.cache, study_max=parse_count(args.study_max), repeats=args.repeats, address=args.address,
                                    workers=tuple(None if w == "all" else int(w) for w in args.workers.split(",")))
     shifts_table(figures).report(args.json)

@@ -2,7 +2,8 @@
 
 Everything comes from installed packages (no network): the data sets and architectures of
 `flows.demo.zoo`, plus a few timm architectures with random weights as `untrained` models.
-Layout of `out`: `models/<model_id>/` (the four files and `training.json`), `catalog.csv`, `db/`.
+Layout of `out`: `models/<model_id>/` (the four files and `training.json`), `catalog.csv`, `db/`,
+`report/report.html` (`filterdb report` of the trained models).
 Re-runs reuse trained models whose files exist and skip models stored unchanged in the DB.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 from ops.errors import UsageError
 
 MODELS_FOLDER = "models"
+REPORT_FOLDER = "report"
 UNTRAINED_TIMM = {"resnet18": "resnet", "mobilenetv3_small_100": "mobilenet", "regnetx_002": "regnet",
                   "efficientnet_b0": "efficientnet"}
 """Random-weight timm models (arch -> family): 1.25 M 3x3 filters together, 1.22 M of them resnet18's."""
@@ -186,6 +188,7 @@ def run_demo(out: str, seeds: int = 2, epochs: int = 3, quick: bool = False) -> 
     from ops.catalog import write_catalog
     from flows.demo.zoo import FORMATS, INIT_SCALE
     from flows.extract import extract_catalog
+    from flows.report import build_report
 
     if seeds < 1 or epochs < 1:
         raise UsageError(f"--seeds and --epochs must be at least 1 (got seeds={seeds}, epochs={epochs})")
@@ -234,19 +237,27 @@ def run_demo(out: str, seeds: int = 2, epochs: int = 3, quick: bool = False) -> 
             traceback.print_exc()
             last = str(error).strip().splitlines()  # a RayTaskError's text is the whole remote traceback
             analysis_error = f"{type(error).__name__}: {last[-1] if last else ''}"
+    report = None
+    if findings is not None:
+        try:
+            report = build_report(str(db), out_dir / REPORT_FOLDER, where=TRAINED)
+        except Exception as error:  # noqa: BLE001 - reported in the closing lines, with the traceback above them
+            traceback.print_exc()
+            analysis_error = f"report: {type(error).__name__}: {error}"
     print_closing_summary(out_dir, catalog, rows, copied, failed, summary, findings, analysis_error,
-                          time.perf_counter() - started)
+                          time.perf_counter() - started, report)
     return 1 if failed or summary.failed or analysis_error else 0
 
 
 def print_closing_summary(out_dir: Path, catalog: Path, rows: list[dict], copied: DemoModel, failed: dict,
-                          summary, findings: DemoFindings | None, analysis_error: str | None, seconds: float) -> None:
+                          summary, findings: DemoFindings | None, analysis_error: str | None, seconds: float,
+                          report: Path | None = None) -> None:
     """The demo's last lines: what was stored and found and where it is, or what failed and what to do."""
-    from ops.store import FilterDB
+    from ops.db import open_db
 
     db = out_dir / "db"
-    stored_filters = sum(FilterDB(db).models(columns=["n_filters_3x3"], where="status = 'ok'")
-                         .column("n_filters_3x3").to_pylist())
+    stored = open_db(db, must_exist=False).models(where="status = 'ok'", columns=["n_filters_3x3"], as_="arrow")
+    stored_filters = sum(v or 0 for v in stored.column("n_filters_3x3").to_pylist())
     copies = sum(1 for row in rows if row.get("copy_of"))
     controls = sum(1 for row in rows if row.get("trained") == "false")
     lines = [f"filterdb demo: {'FAILED' if failed or summary.failed or analysis_error else 'done'} in {seconds:.0f} s",
@@ -266,6 +277,8 @@ def print_closing_summary(out_dir: Path, catalog: Path, rows: list[dict], copied
             *[f"  shift:    along {axis}, the largest weighted KL is {kl:.3f} ({a} vs {b})"
               for axis, (a, b, kl) in findings.largest_shift.items()],
         ]
+    if report is not None:
+        lines.append(f"  report:   {report} (every figure, self-contained: open it in a browser)")
     lines += [f"  DB:       {db} (models, layers, filters; analysis tables under {db / 'analysis'})",
               f"  catalog:  {catalog}; models: {out_dir / MODELS_FOLDER}/<model_id>/ (one folder each, four formats)"]
     if failed:

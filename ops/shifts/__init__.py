@@ -7,8 +7,11 @@ The steps, numbered the same in code, docstrings and docs (docs/shifts.md):
     step 1  read and peak-scale  every filter divided by its own max |w|      aggregates.py
     step 2  moments -> basis     Moments per block, merged -> Basis (PCA)     aggregates.py
     step 3  global range         CoefficientRange: min / max per component    aggregates.py
+                                 -> one range for all components (the study's)
     step 4  histograms           Histograms per group x component, that range aggregates.py, groups.py
-    step 5  symmetric KL         every pair of groups, weighted by the basis  divergence.py
+                                 (AxesHistograms: every axis in the same pass)
+    step 5  symmetric KL         densities floored at float32 eps, every      divergence.py
+                                 pair of groups, weighted by the basis
 
 Each step needs the one before: the bins need the global range of the projection, which needs the
 basis, which needs every filter. A basis stored by an earlier run (tables.py) skips steps 2 and 3.
@@ -20,14 +23,18 @@ from ops.shifts.aggregates import (
     CHUNK_ROWS,
     COMPONENT_SCALE,
     DEFAULT_BINS,
+    GLOBAL_RANGE,
     GROUP_COLUMN,
     INT64_CHUNKS,
     N_COMPONENTS,
+    PER_COMPONENT_RANGE,
     QUANTUM,
+    RANGE_MODES,
     SCALE,
     SCALE_BITS,
     SCALED_COLUMNS,
     SPLIT,
+    AxesHistograms,
     Basis,
     CoefficientRange,
     Histograms,
@@ -40,17 +47,27 @@ from ops.shifts.aggregates import (
     scaled_chunks,
     weights_array,
 )
-from ops.shifts.divergence import EPSILON, ShiftResult, analyse, binned_kde, probabilities, silverman_bandwidth, symmetric_kl_matrix
-from ops.shifts.groups import DEFAULT_DEPTH_BINS, DEPTH_AXIS, MISSING, Axis, depth_codes, depth_labels, group_codes
-from ops.shifts.selection import DEFAULT_SELECTION, Selection, ShiftInputError, resolve_axis, select_filters, selection_predicate
+from ops.shifts.divergence import EPSILON, SORTS, ShiftResult, analyse, binned_kde, default_sort, probabilities, silverman_bandwidth, symmetric_kl_matrix
+from ops.shifts.groups import DEFAULT_DEPTH_BINS, DEPTH_AXIS, MISSING, Axis, depth_codes, depth_labels, group_codes, groupings_of
+from ops.shifts.selection import (
+    DEFAULT_SELECTION,
+    Selection,
+    ShiftInputError,
+    axis_names,
+    check_groups,
+    resolve_axis,
+    select_filters,
+    selection_predicate,
+)
 from ops.shifts.tables import StoredBasis, basis_table, histograms_table, load_basis, shifts_table, stored_basis_for, write_analysis
 
 __all__ = [
     "CHUNK_ROWS", "COMPONENT_SCALE", "DEFAULT_BINS", "DEFAULT_DEPTH_BINS", "DEFAULT_SELECTION", "DEPTH_AXIS", "EPSILON",
-    "GROUP_COLUMN", "INT64_CHUNKS", "MISSING", "N_COMPONENTS", "QUANTUM", "SCALE", "SCALE_BITS", "SCALED_COLUMNS", "SPLIT",
-    "Axis", "Basis", "CoefficientRange", "Histograms", "Moments", "Selection", "ShiftInputError", "ShiftResult", "StoredBasis",
-    "analyse", "basis_table", "binned_kde", "block_chunks", "block_groups", "chunks_of", "depth_codes", "depth_labels",
-    "group_codes", "histograms_table", "load_basis", "peak_scaled", "probabilities", "resolve_axis", "scaled_block",
+    "GLOBAL_RANGE", "GROUP_COLUMN", "INT64_CHUNKS", "MISSING", "N_COMPONENTS", "PER_COMPONENT_RANGE", "QUANTUM", "RANGE_MODES",
+    "SCALE", "SCALE_BITS", "SCALED_COLUMNS", "SORTS", "SPLIT",
+    "AxesHistograms", "Axis", "Basis", "CoefficientRange", "Histograms", "Moments", "Selection", "ShiftInputError", "ShiftResult",
+    "StoredBasis", "analyse", "axis_names", "basis_table", "binned_kde", "block_chunks", "block_groups", "check_groups", "chunks_of",
+    "default_sort", "depth_codes", "depth_labels", "group_codes", "groupings_of", "histograms_table", "load_basis", "peak_scaled", "probabilities", "resolve_axis", "scaled_block",
     "scaled_chunks", "select_filters", "selection_predicate", "shifts_table", "silverman_bandwidth", "stored_basis_for",
     "symmetric_kl_matrix", "weights_array", "write_analysis",
 ]

@@ -3,8 +3,10 @@
 
     step 1  peak scaling  `scaled_chunks` (weights as read), `scaled_block` / `block_chunks` (kept)
     step 2  Moments          count, sum and sum of outer products of the scaled filters -> Basis
-    step 3  CoefficientRange min / max of every component's coefficient over the selection
-    step 4  Histograms       per group x component counts, `bins` bins over that global range
+    step 3  CoefficientRange min / max of every component's coefficient over the selection; the bins
+                             span one range for all components (the study's) or each one's own
+    step 4  Histograms       per group x component counts, `bins` bins over that range;
+            AxesHistograms   those of several axes, counted in the same pass
 
 The same classes serve the single-process path (`ops.shifts.analyse`) and the Ray flow
 (flows/shifts.py); `chunks_of` hands them the chunks of either kind of block.
@@ -18,15 +20,14 @@ a chunk of q split into 12-bit halves, the projection is q times the components 
 over 2^25, and chunks add up in int64 and Python integers. Counts and min / max merge exactly, and
 the rest (covariance, basis, bin edges, KL) is computed once on the driver from these exact values.
 
-Hot path (ns per filter on one core of the 2-core reference machine): the weights are worked on in
-chunks of `CHUNK_ROWS` rows that stay in cache, in reused buffers, transposed to (9, rows) so that
-every step runs over contiguous rows: transpose, |w|, peak as eight `np.maximum` of rows (a row-wise
-`max(axis=1)` on (n, 9) costs ~90 alone), divide, round to q, copy to float64 (~11 in all; reading a
-kept block's q into float64 chunks costs 4); then moments are the split of q and two float64
-products (+16), the range one float64 matmul and a min/max per row (+6), and a histogram is that
-matmul, a multiply and an add to the bin position, a clip, a cast and one `np.bincount` over a flat
-(component, group, bin) index spanning the chunk's groups (+29, most of it the cast and the
-bincount).
+Hot path: the weights are worked on in chunks of `CHUNK_ROWS` rows that stay in cache, in reused
+buffers, transposed to (9, rows) so that every step runs over contiguous rows: transpose, |w|, peak
+as eight `np.maximum` of rows (a row-wise `max(axis=1)` on (n, 9) is several times slower), divide,
+round to q, copy to float64; a kept block's q is read into float64 chunks; moments are the split of
+q and two float64 products, the range one float64 matmul and a min/max per row, and the histograms
+that matmul, a multiply and an add to the bin position, a clip, a cast and, per axis, one
+`np.bincount` over a flat (component, group, bin) index spanning the chunk's groups (most of the
+histograms' cost). `filterdb bench shifts --steps` prints the CPU nanoseconds per filter of each.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ import pyarrow as pa
 
 N_COMPONENTS = 9
 DEFAULT_BINS = 70
+GLOBAL_RANGE = "global"
+"""The study's bins: one range for all nine components, the min and max over all their coefficients."""
+PER_COMPONENT_RANGE = "per-component"
+"""Each component binned over its own min and max (finer bins for the low-variance components)."""
+RANGE_MODES = (GLOBAL_RANGE, PER_COMPONENT_RANGE)
 CHUNK_ROWS = 8192
 SCALE_BITS = 24
 SCALE = float(2**SCALE_BITS)
@@ -105,24 +111,26 @@ def scaled_chunks(weights: np.ndarray, out: np.ndarray | None = None):
 
 SCALED_COLUMNS = [f"q{k}" for k in range(N_COMPONENTS)]
 GROUP_COLUMN = "group"
+"""Prefix of a scaled block's group columns: `group0`, `group1`, ..., one per axis."""
 
 
-def scaled_block(weights: np.ndarray, codes: np.ndarray, labels: list[str]) -> pa.Table:
+def scaled_block(weights: np.ndarray, groupings: list[tuple[np.ndarray, list[str]]]) -> pa.Table:
     """Peak-scaled filters as nine float32 columns of the integers q of `scaled_chunks` (exact; so
-    that a chunk of each is contiguous) and their group as a dictionary column: what the Ray flow
-    keeps in the object store so that steps 2-4 read and scale the filters once."""
+    that a chunk of each is contiguous) and, per axis, the group as a dictionary column (`groupings`:
+    (codes, labels) of every axis): what the Ray flow keeps in the object store so that steps 2-4
+    read and scale the filters once."""
     # Memory from Arrow's pool, which keeps freed pages: a fresh numpy array of this size pays a page
     # fault per page, which doubles the cost of this step.
     q = np.frombuffer(pa.allocate_buffer(len(weights) * N_COMPONENTS * 4), np.float32).reshape(N_COMPONENTS, len(weights))
     for _ in scaled_chunks(weights, out=q):
         pass
-    group = pa.DictionaryArray.from_arrays(pa.array(np.asarray(codes, np.int32)), pa.array(labels, pa.string()))
-    return pa.table([*q, group], names=[*SCALED_COLUMNS, GROUP_COLUMN])
+    groups = [pa.DictionaryArray.from_arrays(pa.array(np.asarray(codes, np.int32), pa.int32()), pa.array(labels, pa.string())) for codes, labels in groupings]
+    return pa.table([*q, *groups], names=[*SCALED_COLUMNS, *(f"{GROUP_COLUMN}{i}" for i in range(len(groups)))])
 
 
-def block_groups(block: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, list[str]]:
-    """Codes and labels of a scaled block's group column."""
-    group = block.column(GROUP_COLUMN)
+def block_groups(block: pa.Table | pa.RecordBatch, axis_index: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Codes and labels of a scaled block's group column of the axis `axis_index`."""
+    group = block.column(f"{GROUP_COLUMN}{axis_index}")
     if isinstance(group, pa.ChunkedArray):
         group = group.unify_dictionaries().combine_chunks()
     return group.indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False), group.dictionary.to_pylist()
@@ -260,10 +268,11 @@ def _held_moments(by_high: np.ndarray, by_low: np.ndarray) -> Moments:
 
 @dataclass
 class CoefficientRange:
-    """min and max of every component's coefficient (float32)."""
+    """min and max of every component's coefficient (float64: the bin edges derive from them, and a
+    float32 rounding would move every edge by up to 1e-7)."""
 
-    lo: np.ndarray = field(default_factory=lambda: np.full(N_COMPONENTS, np.inf, np.float32))
-    hi: np.ndarray = field(default_factory=lambda: np.full(N_COMPONENTS, -np.inf, np.float32))
+    lo: np.ndarray = field(default_factory=lambda: np.full(N_COMPONENTS, np.inf))
+    hi: np.ndarray = field(default_factory=lambda: np.full(N_COMPONENTS, -np.inf))
 
     @classmethod
     def of(cls, weights: np.ndarray, basis: Basis) -> CoefficientRange:
@@ -279,15 +288,20 @@ class CoefficientRange:
             np.minimum(lo, c.min(axis=1), out=lo)
             np.maximum(hi, c.max(axis=1), out=hi)
         # scaling and subtracting a constant are monotone: they commute with min and max
-        return cls((lo * scale - offset).astype(np.float32), (hi * scale - offset).astype(np.float32))
+        return cls(lo * scale - offset, hi * scale - offset)
 
     def merge(self, other: CoefficientRange) -> CoefficientRange:
         return CoefficientRange(np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi))
 
-    def edges(self) -> tuple[np.ndarray, np.ndarray]:
-        """Outer bin edges as float64; a component with a single value gets [v - 0.5, v + 0.5] like
-        numpy.histogram."""
+    def edges(self, range_mode: str = GLOBAL_RANGE) -> tuple[np.ndarray, np.ndarray]:
+        """Outer bin edges of every component as float64: by default (the study's) one range for all
+        nine, the min and max over every coefficient of every component; with PER_COMPONENT_RANGE each
+        component's own. A range of a single value v becomes [v - 0.5, v + 0.5], like numpy.histogram."""
         lo, hi = self.lo.astype(np.float64), self.hi.astype(np.float64)
+        if range_mode == GLOBAL_RANGE:
+            lo, hi = np.full(N_COMPONENTS, lo.min()), np.full(N_COMPONENTS, hi.max())
+        elif range_mode != PER_COMPONENT_RANGE:
+            raise ValueError(f"range mode {range_mode!r}: choose one of {', '.join(RANGE_MODES)}")
         flat = hi <= lo
         return np.where(flat, lo - 0.5, lo), np.where(flat, hi + 0.5, hi)
 
@@ -297,18 +311,25 @@ class CoefficientRange:
 
 @dataclass
 class Histograms:
-    """Counts of the coefficients per group x component: `counts[label]` is (9, bins) int64, bins of
-    equal width over [lo, hi] of every component; values outside are counted in the end bins."""
+    """Counts of the coefficients per group x component of one axis: `counts[label]` is (9, bins)
+    int64, bins of equal width over [lo[k], hi[k]] for component k (the same range for all nine by
+    default, `range_mode`); values outside are counted in the end bins."""
 
     lo: np.ndarray
     hi: np.ndarray
     bins: int
     counts: dict[str, np.ndarray] = field(default_factory=dict)
+    range_mode: str = GLOBAL_RANGE
 
     @classmethod
-    def empty(cls, value_range: CoefficientRange, bins: int = DEFAULT_BINS) -> Histograms:
-        lo, hi = value_range.edges()
-        return cls(lo, hi, bins)
+    def empty(cls, value_range: CoefficientRange, bins: int = DEFAULT_BINS, range_mode: str = GLOBAL_RANGE) -> Histograms:
+        lo, hi = value_range.edges(range_mode)
+        return cls(lo, hi, bins, range_mode=range_mode)
+
+    @property
+    def widths(self) -> np.ndarray:
+        """(9,) bin width of every component."""
+        return (self.hi - self.lo) / self.bins
 
     @classmethod
     def of(
@@ -319,40 +340,15 @@ class Histograms:
         basis: Basis,
         value_range: CoefficientRange,
         bins: int = DEFAULT_BINS,
+        range_mode: str = GLOBAL_RANGE,
     ) -> Histograms:
         """Histograms of the filters `weights` whose group is `labels[codes[i]]` (labels may repeat)."""
-        return cls.of_chunks(scaled_chunks(weights), codes, labels, basis, value_range, bins)
+        return cls.of_chunks(scaled_chunks(weights), codes, labels, basis, value_range, bins, range_mode)
 
     @classmethod
-    def of_chunks(cls, chunks, codes: np.ndarray, labels: list[str], basis: Basis, value_range: CoefficientRange, bins: int = DEFAULT_BINS) -> Histograms:
-        result = cls.empty(value_range, bins)
-        unique, codes = _unique_labels(codes, labels)
-        n_groups = len(unique)
-        # bin = (coefficient - lo) * bins / (hi - lo) = (a @ q) * factor + shift, with a @ q exact.
-        a, scale, offset = basis.integer_projection()
-        width = bins / (result.hi - result.lo)
-        factor, shift = (scale * width)[:, None], (-(offset + result.lo) * width)[:, None]
-        counts = np.zeros((N_COMPONENTS, n_groups, bins), np.int64)
-        position, index_buffer = np.empty((N_COMPONENTS, CHUNK_ROWS)), np.empty((N_COMPONENTS, CHUNK_ROWS), np.intp)
-        for rows, q in chunks:
-            t = np.matmul(a, q, out=position[:, : q.shape[1]])
-            t *= factor
-            t += shift
-            np.clip(t, 0, bins - 1, out=t)
-            index = index_buffer[:, : q.shape[1]]
-            np.copyto(index, t, casting="unsafe")  # truncation: floor for t >= 0
-            # One bincount over a flat (component, group, bin) index spanning only the chunk's groups:
-            # rows come sorted by model, so a chunk mostly holds one group, and a bincount as long as
-            # all groups x bins would cost more than the chunk itself on axes like model_id.
-            group = codes[rows]
-            first, last = int(group.min()), int(group.max())
-            span = last - first + 1
-            index += (np.arange(N_COMPONENTS) * span * bins)[:, None]
-            if span > 1:
-                index += (group - first) * bins
-            counts[:, first : last + 1] += np.bincount(index.ravel(), minlength=N_COMPONENTS * span * bins).reshape(N_COMPONENTS, span, bins)
-        result.counts = {label: counts[:, g].copy() for g, label in enumerate(unique) if counts[0, g].any()}
-        return result
+    def of_chunks(cls, chunks, codes: np.ndarray, labels: list[str], basis: Basis, value_range: CoefficientRange,
+                  bins: int = DEFAULT_BINS, range_mode: str = GLOBAL_RANGE) -> Histograms:
+        return AxesHistograms.of_chunks(chunks, [(codes, labels)], basis, value_range, bins, range_mode).axes[0]
 
     def merge(self, other: Histograms) -> Histograms:
         if self.bins != other.bins or not (np.array_equal(self.lo, other.lo) and np.array_equal(self.hi, other.hi)):
@@ -360,7 +356,61 @@ class Histograms:
         counts = dict(self.counts)
         for label, c in other.counts.items():
             counts[label] = counts[label] + c if label in counts else c
-        return Histograms(self.lo, self.hi, self.bins, counts)
+        return Histograms(self.lo, self.hi, self.bins, counts, self.range_mode)
+
+
+@dataclass
+class AxesHistograms:
+    """The `Histograms` of several axes over the same bins, filled in one pass over the filters: the
+    projection and the bin of every coefficient are computed once, then counted per axis."""
+
+    axes: tuple[Histograms, ...]
+
+    @classmethod
+    def empty(cls, n_axes: int, value_range: CoefficientRange, bins: int = DEFAULT_BINS, range_mode: str = GLOBAL_RANGE) -> AxesHistograms:
+        return cls(tuple(Histograms.empty(value_range, bins, range_mode) for _ in range(n_axes)))
+
+    @classmethod
+    def of_chunks(cls, chunks, groupings: list[tuple[np.ndarray, list[str]]], basis: Basis, value_range: CoefficientRange,
+                  bins: int = DEFAULT_BINS, range_mode: str = GLOBAL_RANGE) -> AxesHistograms:
+        """Of the (rows, q) chunks of `chunks_of`; `groupings` holds (codes, labels) of every axis for
+        the same rows."""
+        result = cls.empty(len(groupings), value_range, bins, range_mode)
+        lo, hi = result.axes[0].lo, result.axes[0].hi
+        groupings = [_unique_labels(codes, labels) for codes, labels in groupings]
+        # bin = (coefficient - lo) * bins / (hi - lo) = (a @ q) * factor + shift, with a @ q exact.
+        a, scale, offset = basis.integer_projection()
+        width = bins / (hi - lo)
+        factor, shift = (scale * width)[:, None], (-(offset + lo) * width)[:, None]
+        counts = [np.zeros((N_COMPONENTS, len(unique), bins), np.int64) for unique, _ in groupings]
+        component_offset = (np.arange(N_COMPONENTS) * bins)[:, None]
+        position, index_buffer = np.empty((N_COMPONENTS, CHUNK_ROWS)), np.empty((N_COMPONENTS, CHUNK_ROWS), np.intp)
+        flat_buffer = np.empty((N_COMPONENTS, CHUNK_ROWS), np.intp)
+        for rows, q in chunks:
+            t = np.matmul(a, q, out=position[:, : q.shape[1]])
+            t *= factor
+            t += shift
+            np.clip(t, 0, bins - 1, out=t)
+            index = index_buffer[:, : q.shape[1]]
+            np.copyto(index, t, casting="unsafe")  # truncation: floor for t >= 0
+            for (_, codes), axis_counts in zip(groupings, counts):
+                # One bincount over a flat (component, group, bin) index spanning only the chunk's
+                # groups: rows come sorted by model, so a chunk mostly holds one group, and a bincount
+                # as long as all groups x bins would cost more than the chunk itself on axes like model_id.
+                group = codes[rows]
+                first, last = int(group.min()), int(group.max())
+                span = last - first + 1
+                flat = flat_buffer[:, : q.shape[1]]
+                np.add(index, component_offset * span, out=flat)
+                if span > 1:
+                    flat += (group - first) * bins
+                axis_counts[:, first : last + 1] += np.bincount(flat.ravel(), minlength=N_COMPONENTS * span * bins).reshape(N_COMPONENTS, span, bins)
+        for histograms, (unique, _), axis_counts in zip(result.axes, groupings, counts):
+            histograms.counts = {label: axis_counts[:, g].copy() for g, label in enumerate(unique) if axis_counts[0, g].any()}
+        return result
+
+    def merge(self, other: AxesHistograms) -> AxesHistograms:
+        return AxesHistograms(tuple(a.merge(b) for a, b in zip(self.axes, other.axes, strict=True)))
 
 
 def _unique_labels(codes: np.ndarray, labels: list[str]) -> tuple[list[str], np.ndarray]:

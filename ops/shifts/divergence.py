@@ -2,33 +2,45 @@
 symmetric KL of every pair of groups, weighted by the basis' explained-variance ratios
 (`ShiftResult`), and densities for pictures; `analyse` runs all five steps in one process.
 
-The study's floor: empty bins get float32 epsilon before each histogram is renormalised. Densities
-are a Gaussian KDE of the binned coefficients on the bin centres, bandwidth by Silverman's rule as
+The study's floor: every histogram is taken as a density, count / (n * bin width) in float64, its
+zero bins are set to float32 epsilon, and it is renormalised to sum 1. Densities for pictures are a
+Gaussian KDE of the binned coefficients averaged over each bin, bandwidth by Silverman's rule as
 KDEpy computes it (the study used an FFT-based KDE).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.special import ndtr
 
-from ops.shifts.aggregates import DEFAULT_BINS, N_COMPONENTS, Basis, CoefficientRange, Histograms, Moments
+from ops.shifts.aggregates import DEFAULT_BINS, GLOBAL_RANGE, N_COMPONENTS, Basis, CoefficientRange, Histograms, Moments
 
 EPSILON = float(np.finfo(np.float32).eps)
-"""Probability given to empty bins before a histogram is renormalised (the study's floor)."""
+"""Density given to empty bins before a histogram is renormalised (the study's floor)."""
+
+SORTS = ("mean", "name", "none")
+"""Orders of the groups: by the mean of their column of the weighted matrix (ascending, as the study
+shows them), by label, or the axis' own order (depth bins in order; other axes by label)."""
+
+
+def default_sort(axis_has_order: bool) -> str:
+    """The study's display: depth bins in their order, the groups of other axes by column mean."""
+    return "none" if axis_has_order else "mean"
 
 
 # --- step 5: symmetric KL of every pair of groups ----------------------------------------------------
 
 
-def probabilities(counts: np.ndarray) -> np.ndarray:
-    """Histograms (last axis = bins) as probabilities; empty bins get EPSILON, then each histogram is
-    renormalised to sum 1."""
+def probabilities(counts: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """Histograms (..., 9, bins) as the study takes them: the density count / (n * width) of every
+    component (`widths`: (9,) bin widths), in float64, zero bins set to EPSILON, renormalised to sum 1."""
     counts = np.asarray(counts, np.float64)
-    p = counts / counts.sum(axis=-1, keepdims=True)
-    p[counts == 0] = EPSILON
-    return p / p.sum(axis=-1, keepdims=True)
+    widths = np.asarray(widths, np.float64)[:, None]
+    density = counts / (counts.sum(axis=-1, keepdims=True) * widths)
+    density[counts == 0] = EPSILON
+    return density / density.sum(axis=-1, keepdims=True)
 
 
 def symmetric_kl_matrix(p: np.ndarray) -> np.ndarray:
@@ -67,13 +79,16 @@ def silverman_bandwidth(counts: np.ndarray, lo: float, hi: float) -> float:
 
 
 def binned_kde(counts: np.ndarray, lo: float, hi: float, bandwidth: float | None = None) -> tuple[np.ndarray, float]:
-    """Gaussian KDE of binned data on the bin centres (a density: integrates to ~1 over [lo, hi])."""
+    """Gaussian KDE of binned data (each bin's count at its centre), averaged over each bin: a density
+    on the bins whose integral over [lo, hi] is the kernel mass inside the range (about 1), also when
+    the bandwidth is narrower than a bin, where values at the bin centres alone would not be."""
     counts = np.asarray(counts, np.float64)
     bandwidth = silverman_bandwidth(counts, lo, hi) if bandwidth is None else bandwidth
     width = (hi - lo) / len(counts)
     centres = lo + width * (np.arange(len(counts)) + 0.5)
-    kernel = np.exp(-0.5 * ((centres[:, None] - centres[None, :]) / bandwidth) ** 2) / (bandwidth * np.sqrt(2 * np.pi))
-    return kernel @ counts / max(counts.sum(), 1), bandwidth
+    edges = lo + width * np.arange(len(counts) + 1)
+    mass = np.diff(ndtr((edges[:, None] - centres[None, :]) / bandwidth), axis=0)  # (bins, bins): bin i's share of the kernel at centre j
+    return mass @ counts / (max(counts.sum(), 1) * width), bandwidth
 
 
 # --- the result ------------------------------------------------------------------------------------
@@ -81,8 +96,10 @@ def binned_kde(counts: np.ndarray, lo: float, hi: float, bandwidth: float | None
 
 @dataclass
 class ShiftResult:
-    """Everything one shift analysis produces; `kl[a, b, k]` is the symmetric KL of component k
-    between groups a and b, `kl_weighted[a, b]` its sum weighted by the explained-variance ratios."""
+    """Everything one shift analysis of one axis produces; `kl[a, b, k]` is the symmetric KL of
+    component k between groups a and b, `kl_weighted[a, b]` its sum weighted by the explained-variance
+    ratios. `range_mode`, `histograms.bins` and `basis_selection` are the options that change the
+    numbers; `sort` is the order of `groups`."""
 
     axis: str
     groups: list[str]
@@ -95,15 +112,22 @@ class ShiftResult:
     selection: str | None = None
     basis_selection: str | None = None
     db_version: int | None = None
+    sort: str = "none"
+
+    @property
+    def range_mode(self) -> str:
+        return self.histograms.range_mode
 
     @classmethod
-    def of(cls, axis: str, basis: Basis, value_range: CoefficientRange, histograms: Histograms, order: list[str] | None = None, **tags) -> ShiftResult:
-        """Step 5 over the folded histograms: groups in `order` first (those present), then by label."""
+    def of(cls, axis: str, basis: Basis, value_range: CoefficientRange, histograms: Histograms, order: list[str] | None = None,
+           sort: str | None = None, **tags) -> ShiftResult:
+        """Step 5 over the folded histograms, the groups in `order` (those present; the rest by label),
+        then sorted by `sort` (SORTS; None: `default_sort`)."""
         order = [g for g in order or [] if g in histograms.counts]
         groups = order + sorted(set(histograms.counts) - set(order))
         counts = np.stack([histograms.counts[g] for g in groups]) if groups else np.zeros((0, N_COMPONENTS, histograms.bins), np.int64)
-        kl = symmetric_kl_matrix(probabilities(counts))
-        return cls(
+        kl = symmetric_kl_matrix(probabilities(counts, histograms.widths))
+        result = cls(
             axis=axis,
             groups=groups,
             sizes=counts[:, 0].sum(axis=1),
@@ -114,6 +138,23 @@ class ShiftResult:
             kl_weighted=kl @ basis.explained_variance_ratio,
             **tags,
         )
+        return result.sorted(default_sort(bool(order)) if sort is None else sort)
+
+    def sorted(self, how: str) -> ShiftResult:
+        """The same result with its groups in the order `how` (SORTS): 'mean' by the mean of their
+        column of `kl_weighted`, ascending (ties by label); 'name' by label; 'none' as they are."""
+        if how not in SORTS:
+            raise ValueError(f"sort {how!r}: choose one of {', '.join(SORTS)}")
+        if how == "none":
+            return replace(self, sort=how)
+        if how == "name":
+            order = sorted(range(len(self.groups)), key=lambda g: self.groups[g])
+        else:
+            means = self.kl_weighted.mean(axis=0) if len(self.groups) else np.zeros(0)
+            order = sorted(range(len(self.groups)), key=lambda g: (means[g], self.groups[g]))
+        order = np.array(order, np.intp)
+        return replace(self, groups=[self.groups[g] for g in order], sizes=self.sizes[order], kl=self.kl[np.ix_(order, order)],
+                       kl_weighted=self.kl_weighted[np.ix_(order, order)], sort=how)
 
     def densities(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Binned Gaussian KDE (Silverman bandwidth) per group: (9, bins) densities and (9,) bandwidths."""
@@ -137,9 +178,12 @@ def analyse(
     value_range: CoefficientRange | None = None,
     order: list[str] | None = None,
     block_rows: int = 1 << 20,
+    range_mode: str = GLOBAL_RANGE,
+    sort: str | None = None,
 ) -> ShiftResult:
     """The whole analysis (steps 1-5) of in-memory filters, with the same aggregates the Ray flow
-    folds, block by block (a stored `basis` and its `value_range` may be given to skip steps 2 and 3)."""
+    folds, block by block: by default the study's recipe (one range for all components). A stored
+    `basis` and its `value_range` may be given to skip steps 2 and 3."""
     blocks = [slice(s, s + block_rows) for s in range(0, len(weights), block_rows)]
     if basis is None:
         moments = Moments()
@@ -150,7 +194,7 @@ def analyse(
         value_range = CoefficientRange()
         for b in blocks:
             value_range = value_range.merge(CoefficientRange.of(weights[b], basis))
-    histograms = Histograms.empty(value_range, bins)
+    histograms = Histograms.empty(value_range, bins, range_mode)
     for b in blocks:
-        histograms = histograms.merge(Histograms.of(weights[b], codes[b], labels, basis, value_range, bins))
-    return ShiftResult.of(axis, basis, value_range, histograms, order=order)
+        histograms = histograms.merge(Histograms.of(weights[b], codes[b], labels, basis, value_range, bins, range_mode))
+    return ShiftResult.of(axis, basis, value_range, histograms, order=order, sort=sort)

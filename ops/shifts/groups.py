@@ -25,7 +25,8 @@ def group_codes(column: pa.Array | pa.ChunkedArray, mapping: dict | None = None)
         column = column.combine_chunks()
     runs = pc.run_end_encode(column)
     if len(runs.values) * 8 <= len(column):
-        # Rows come grouped (by model, layer): encoding the runs' values is 2-3x cheaper than all rows'.
+        # Rows come grouped (by model, layer): encoding the runs' values is cheaper than all rows' (an
+        # estimate from one timing on the 1M-filter bench DB's task column: 4.4 vs 10.4 ns a row).
         run_codes, labels = _dictionary_codes(runs.values, mapping)
         lengths = np.diff(runs.run_ends.to_numpy(), prepend=0)
         return np.repeat(run_codes, lengths), labels
@@ -65,14 +66,19 @@ class Axis:
     depth_bins: int = DEFAULT_DEPTH_BINS
 
     def codes(self, batch: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, list[str]]:
-        """Codes and labels of a batch's rows, read from filters.lance (its `column`) or of a scaled
-        block (its group column, which `scaled_block` filled with these codes)."""
-        if GROUP_COLUMN in batch.schema.names:
-            return block_groups(batch)
+        """Codes and labels of the rows of a batch read from filters.lance (its `column`)."""
         if self.name == DEPTH_AXIS:
             return depth_codes(batch.column(self.column).to_numpy(), self.depth_bins)
         return group_codes(batch.column(self.column), self.mapping)
 
     def order(self) -> list[str] | None:
-        """The groups' order where the axis has one (depth bins), else None (sorted by label)."""
+        """The groups' own order where the axis has one (depth bins), else None (by label)."""
         return depth_labels(self.depth_bins) if self.name == DEPTH_AXIS else None
+
+
+def groupings_of(batch: pa.RecordBatch | pa.Table, axes: tuple[Axis, ...]) -> list[tuple[np.ndarray, list[str]]]:
+    """(codes, labels) of every axis for the rows of a batch, read from filters.lance or of a scaled
+    block (its group columns, which `scaled_block` filled with these codes, one per axis in order)."""
+    if f"{GROUP_COLUMN}0" in batch.schema.names:
+        return [block_groups(batch, i) for i in range(len(axes))]
+    return [axis.codes(batch) for axis in axes]

@@ -5,14 +5,16 @@ in one line). What comes out, a `Selection`, is trusted by the steps."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+import os
 
 import lance
 
+from ops.db import FilterDB, open_db
 from ops.errors import UsageError
-from ops.predicates import predicate_error
-from ops.shifts.aggregates import DEFAULT_BINS
+from ops.shifts.aggregates import DEFAULT_BINS, GLOBAL_RANGE, RANGE_MODES
+from ops.shifts.divergence import SORTS
 from ops.shifts.groups import DEFAULT_DEPTH_BINS, DEPTH_AXIS, Axis
 from ops.store import FILTERS_SCHEMA
 
@@ -27,41 +29,64 @@ class ShiftInputError(UsageError):
 
 @dataclass(frozen=True)
 class Selection:
-    """The filters one analysis goes over: `filters` (filters.lance, at the version opened: every step
-    reads that one), the rows matching `predicate` (None: all), grouped along `axis`."""
+    """The filters one analysis goes over: `filters` (filters.lance, at the version `db` pinned: every
+    step reads that one), the rows matching `predicate` (None: all; the DB object adds the rows of
+    incomplete models to hide), grouped along each of `axes`."""
 
     filters: lance.LanceDataset
     version: int
     predicate: str | None
-    axis: Axis
+    axes: tuple[Axis, ...]
+    db: FilterDB
 
 
-def select_filters(db: Path, by: str, where: str | None = None, bins: int = DEFAULT_BINS, depth_bins: int = DEFAULT_DEPTH_BINS) -> Selection:
-    """The checked selection of `db`'s filters matching `where`, grouped by `by`; raises
-    ShiftInputError for a missing filters.lance, bad bin counts, an unknown axis, a predicate that does
-    not run or that matches nothing."""
-    uri = db / "filters.lance"
-    if not uri.exists():
-        raise ShiftInputError(f"no filters.lance in {db}: run `filterdb extract` first or check --db")
+def axis_names(by: str | Sequence[str]) -> list[str]:
+    """'task,depth' or ['task', 'depth'] -> ['task', 'depth'] (blanks dropped, repeats refused)."""
+    names = [n.strip() for part in ([by] if isinstance(by, str) else by) for n in str(part).split(",") if n.strip()]
+    if not names:
+        raise ShiftInputError("no axis given: --by takes one axis or several separated by commas, e.g. --by task,depth")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ShiftInputError(f"axis {repeated[0]!r} is given twice in --by {','.join(names)}: give each axis once")
+    return names
+
+
+def as_db(db: str | os.PathLike | FilterDB) -> FilterDB:
+    """A DB object for a folder or URI (a FilterDB is taken as it is)."""
+    return db if isinstance(db, FilterDB) else open_db(db, must_exist=False)
+
+
+def select_filters(db: str | os.PathLike | FilterDB, by: str | Sequence[str], where: str | None = None, bins: int = DEFAULT_BINS,
+                   depth_bins: int = DEFAULT_DEPTH_BINS, range_mode: str = GLOBAL_RANGE, sort: str | None = None) -> Selection:
+    """The checked selection of `db`'s filters (a folder, a URI or an `open_db` object) matching
+    `where`, grouped by each axis of `by`; raises ShiftInputError for a missing filters.lance, bad bin
+    counts, an unknown range mode, sort or axis, a predicate that does not run or that matches nothing."""
+    db = as_db(db)
+    filters = db.dataset("filters")
+    if filters is None:
+        raise ShiftInputError(f"no filters.lance in {db.root}: run `filterdb extract` first or check --db")
     if bins < 2 or depth_bins < 1:
         raise ShiftInputError(f"bins must be at least 2 and depth bins at least 1, not {bins} and {depth_bins}")
-    filters = lance.dataset(str(uri))
-    axis = resolve_axis(db, by, depth_bins)
-    predicate = selection_predicate(where, has_transposed=_has_transposed(db, filters))
-    _check_selection(filters, predicate, where)
-    return Selection(filters, filters.version, predicate, axis)
+    if range_mode not in RANGE_MODES:
+        raise ShiftInputError(f"unknown range {range_mode!r}: choose one of {', '.join(RANGE_MODES)} (the study: {GLOBAL_RANGE})")
+    if sort is not None and sort not in SORTS:
+        raise ShiftInputError(f"unknown sort {sort!r}: choose one of {', '.join(SORTS)}")
+    axes = tuple(resolve_axis(db, name, depth_bins) for name in axis_names(by))
+    predicate = selection_predicate(where, has_transposed=_has_transposed(db))
+    _check_selection(db, predicate)
+    return Selection(filters, filters.version, predicate, axes, db)
 
 
-def resolve_axis(db: Path, by: str, depth_bins: int = DEFAULT_DEPTH_BINS) -> Axis:
+def resolve_axis(db: str | os.PathLike | FilterDB, by: str, depth_bins: int = DEFAULT_DEPTH_BINS) -> Axis:
     """The axis named `by`: 'depth', a filters.lance column, or a column only models.lance has."""
     if by == DEPTH_AXIS:
         return Axis(by, "conv_depth_norm", depth_bins=depth_bins)
     if by in FILTERS_SCHEMA.names and by != "weights":
         return Axis(by, by)
-    models = db / "models.lance"
-    model_columns = lance.dataset(str(models)).schema.names if models.exists() else []
+    db = as_db(db)
+    model_columns = db.columns("models") if db.dataset("models") is not None else []
     if by in model_columns and by != "model_id":
-        table = lance.dataset(str(models)).to_table(columns=["model_id", by], filter="status = 'ok'")
+        table = db.models(columns=["model_id", by], where="status = 'ok'", as_="arrow")
         mapping = dict(zip(table.column("model_id").to_pylist(), table.column(by).to_pylist()))
         return Axis(by, "model_id", mapping=mapping)
     choices = [DEPTH_AXIS, *[c for c in FILTERS_SCHEMA.names if c != "weights"], *[c for c in model_columns if c not in FILTERS_SCHEMA.names]]
@@ -80,21 +105,23 @@ def selection_predicate(where: str | None, has_transposed: bool = True) -> str |
     return DEFAULT_SELECTION if where is None else f"({where}) AND {DEFAULT_SELECTION}"
 
 
-def _has_transposed(db: Path, filters: lance.LanceDataset) -> bool:
+def _has_transposed(db: FilterDB) -> bool:
     # layers.lance, one row per layer, says it cheaply; filters.lance needs a scan of its kind column.
-    layers = db / "layers.lance"
-    if layers.exists():
-        try:
-            return lance.dataset(str(layers)).count_rows(filter="kind = 'transposed'") > 0
-        except Exception:  # noqa: BLE001 - an unreadable layers table: ask the filters
-            pass
-    return filters.count_rows(filter="kind = 'transposed'") > 0
+    table = "layers" if db.dataset("layers") is not None else "filters"
+    return db.count(table, "kind = 'transposed'") > 0
 
 
-def _check_selection(filters: lance.LanceDataset, predicate: str | None, where: str | None) -> None:
-    try:
-        found = filters.scanner(columns=["kind"], filter=predicate, limit=1).to_table().num_rows
-    except Exception as error:  # noqa: BLE001 - Lance raises several types for a bad predicate
-        raise predicate_error(where, error, [c for c in filters.schema.names if c != "weights"]) from None
+def _check_selection(db: FilterDB, predicate: str | None) -> None:
+    """A predicate that does not run raises (the DB object's one line); one that matches nothing too."""
+    found = db.scanner("filters", predicate, ["kind"], limit=1).to_table().num_rows
     if found == 0:
-        raise ShiftInputError(f"no filters match {predicate or 'all filters'!r} in {filters.uri}: relax --where or check the DB")
+        raise ShiftInputError(f"no filters match {predicate or 'all filters'!r} in {db.table_uri('filters')}: relax --where or check the DB")
+
+
+def check_groups(axis: str, groups: list[str], predicate: str | None, uri: str) -> None:
+    """After step 4: an axis needs two groups or more to compare; say so in one line otherwise."""
+    if not groups:
+        raise ShiftInputError(f"no filters match {predicate or 'all filters'!r} in {uri}: relax --where or check the DB")
+    if len(groups) == 1:
+        raise ShiftInputError(f"axis {axis!r} has one group ({groups[0]!r}) among the filters matching {predicate or 'all filters'!r}: "
+                              "nothing to compare; choose another axis or widen --where")

@@ -5,24 +5,29 @@ back, a stored basis and its coefficient range (`load_basis`), to skip steps 2 a
     histograms.lance  one row per group x component: counts (step 4), density and bandwidth
     shifts.lance      one row per pair of groups: symmetric KL per component and weighted (step 5)
 
-Rows of the same selection (and axis) are replaced by a new run; others are kept. Every row carries
-`db_version`, the version of filters.lance it was computed from.
+Every row carries `db_version`, the version of filters.lance it was computed from, and the options
+that change its numbers: `selection`, and for histograms and shifts also `basis_selection`,
+`range_mode` and `bins`. A new run replaces, in one commit, the rows of the same selection (basis),
+or of the same axis, selection, basis selection, range mode and bins (histograms, shifts); others
+are kept. Tables written before a column existed get it, null in their older rows. Reading and
+writing go through the DB object (`ops.db`: `read_analysis`, `write_analysis`), and every analysis
+written is recorded as a DB snapshot.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-import lance
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ops.db import ANALYSIS_FOLDER, FilterDB, open_db
+
 from ops.shifts.aggregates import N_COMPONENTS, Basis, CoefficientRange, weights_array
 from ops.shifts.divergence import ShiftResult
-from ops.shifts.selection import DEFAULT_SELECTION, ShiftInputError
+from ops.shifts.selection import DEFAULT_SELECTION, ShiftInputError, as_db
 
 # --- stored bases ----------------------------------------------------------------------------------
 
@@ -37,23 +42,33 @@ class StoredBasis:
     db_version: int
 
 
-def load_basis(source: str | os.PathLike, selection: str | None = None) -> StoredBasis:
-    """A basis and its coefficient range from a basis.lance table (or a DB folder holding
-    analysis/basis.lance), the one computed over `selection` (default: the only one stored, or else
-    the one over the whole default selection)."""
-    path = Path(source)
-    if (path / "analysis" / "basis.lance").exists():
-        path = path / "analysis" / "basis.lance"
-    try:
-        table = lance.dataset(str(path)).to_table()
-    except Exception:  # noqa: BLE001 - not a Lance dataset
-        raise ShiftInputError(f"no stored basis at {source}: give a DB folder with analysis/basis.lance (written by an earlier `filterdb shifts`) or a basis.lance path") from None
+def _stored_bases(source: str | os.PathLike | FilterDB) -> tuple[pa.Table | None, str]:
+    """The rows of a basis table and its URI: `source` is a DB (folder, URI or `open_db` object), whose
+    analysis/basis.lance is read, or the URI of a basis.lance table itself."""
+    if not isinstance(source, FilterDB):
+        text = str(source).rstrip("/")
+        if text.endswith(".lance"):  # a table: open the folder holding it as a DB root
+            root, name = text.rsplit("/", 1) if "/" in text else (".", text)
+            folder = open_db(root, must_exist=False)
+            table = folder.dataset(name[: -len(".lance")])
+            return (None if table is None else table.to_table()), text
+    db = as_db(source)
+    return db.read_analysis("basis"), db.analysis_uri("basis")
+
+
+def load_basis(source: str | os.PathLike | FilterDB, selection: str | None = None) -> StoredBasis:
+    """A basis and its coefficient range from a DB (folder, URI or `open_db` object) holding
+    analysis/basis.lance, or from a basis.lance table, the one computed over `selection` (default:
+    the only one stored, or else the one over the whole default selection)."""
+    table, uri = _stored_bases(source)
+    if table is None:
+        raise ShiftInputError(f"no stored basis at {source}: give a DB folder with analysis/basis.lance (written by an earlier `filterdb shifts`) or a basis.lance path")
     stored = sorted(set(table.column("selection").to_pylist()))
     if selection is None:
         whole = [s for s in stored if s in ("", DEFAULT_SELECTION)]  # "": a DB without transposed layers
         selection = stored[0] if len(stored) == 1 else whole[0] if whole else DEFAULT_SELECTION
     if selection not in stored:
-        raise ShiftInputError(f"{path} holds no basis computed over {selection!r}; it has: {stored}")
+        raise ShiftInputError(f"{uri} holds no basis computed over {selection!r}; it has: {stored}")
     rows = table.filter(pc.equal(table.column("selection"), selection)).sort_by("component")
     basis = Basis(
         mean=weights_array(rows.column("mean"))[0].copy(),
@@ -62,15 +77,15 @@ def load_basis(source: str | os.PathLike, selection: str | None = None) -> Store
         explained_variance_ratio=rows.column("explained_variance_ratio").to_numpy(),
         n=int(rows.column("n")[0].as_py()),
     )
-    value_range = CoefficientRange(rows.column("coefficient_min").to_numpy().astype(np.float32), rows.column("coefficient_max").to_numpy().astype(np.float32))
+    value_range = CoefficientRange(rows.column("coefficient_min").to_numpy().astype(np.float64), rows.column("coefficient_max").to_numpy().astype(np.float64))
     return StoredBasis(basis, value_range, selection, int(rows.column("db_version")[0].as_py()))
 
 
-def stored_basis_for(db: Path, selection: str | None, version: int) -> StoredBasis | None:
+def stored_basis_for(db: str | os.PathLike | FilterDB, selection: str | None, version: int) -> StoredBasis | None:
     """The basis stored for exactly this selection of this version of the DB, if any: the same data,
     hence the same numbers, without steps 2 and 3."""
     try:
-        stored = load_basis(db / "analysis" / "basis.lance", selection or "")
+        stored = load_basis(as_db(db), selection or "")
     except ShiftInputError:
         return None
     return stored if stored.db_version == version else None
@@ -84,26 +99,14 @@ def _vectors(rows: np.ndarray, value_type=pa.float32()) -> pa.FixedSizeListArray
     return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1), value_type), rows.shape[1])
 
 
-def _sql_string(value: str | None) -> str:
-    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
-
-
-def _replace_rows(path: Path, table: pa.Table, key: str) -> None:
-    """Write `table` to the Lance dataset at `path`, replacing the rows that match `key` (SQL)."""
-    if path.exists():
-        dataset = lance.dataset(str(path))
-        dataset.delete(key)
-        lance.write_dataset(table, str(path), mode="append")
-    else:
-        lance.write_dataset(table, str(path))
-
-
 def _tag_columns(result: ShiftResult, n: int) -> dict[str, pa.Array]:
     """What `n` rows of histograms or shifts were computed from: axis, selection, basis, DB version."""
     return {
         "axis": pa.array([result.axis] * n, pa.string()),
         "selection": pa.array([result.selection or ""] * n, pa.string()),
         "basis_selection": pa.array([result.basis_selection or ""] * n, pa.string()),
+        "range_mode": pa.array([result.range_mode] * n, pa.string()),
+        "bins": pa.array([result.histograms.bins] * n, pa.int64()),
         "db_version": pa.array([result.db_version] * n, pa.int64()),
     }
 
@@ -120,8 +123,8 @@ def basis_table(result: ShiftResult) -> pa.Table:
             "vector": _vectors(b.components),
             "explained_variance": pa.array(b.explained_variance, pa.float64()),
             "explained_variance_ratio": pa.array(b.explained_variance_ratio, pa.float64()),
-            "coefficient_min": pa.array(result.value_range.lo, pa.float32()),
-            "coefficient_max": pa.array(result.value_range.hi, pa.float32()),
+            "coefficient_min": pa.array(result.value_range.lo, pa.float64()),
+            "coefficient_max": pa.array(result.value_range.hi, pa.float64()),
         }
     )
 
@@ -161,15 +164,15 @@ def shifts_table(result: ShiftResult) -> pa.Table:
     )
 
 
-def write_analysis(db: str | os.PathLike, result: ShiftResult, write_basis: bool = True) -> Path:
-    """DIR/analysis/{basis,histograms,shifts}.lance; rows of the same selection (and axis) are replaced,
-    others kept."""
-    folder = Path(db) / "analysis"
-    folder.mkdir(exist_ok=True)
-    selection = _sql_string(result.selection or "")
+def write_analysis(db: str | os.PathLike | FilterDB, result: ShiftResult, write_basis: bool = True) -> str:
+    """DIR/analysis/{basis,histograms,shifts}.lance, each in one commit; rows computed with the same
+    options are replaced, others kept. Returns the URI of the analysis folder. (The caller records
+    the DB snapshot once it has written all its results: `FilterDB.snapshot`.)"""
+    db = as_db(db)
     if write_basis:
-        _replace_rows(folder / "basis.lance", basis_table(result), f"selection = {selection}")
-    key = f"axis = {_sql_string(result.axis)} AND selection = {selection}"
-    _replace_rows(folder / "histograms.lance", histograms_table(result), key)
-    _replace_rows(folder / "shifts.lance", shifts_table(result), key)
-    return folder
+        db.write_analysis("basis", basis_table(result), replace={"selection": result.selection or ""})
+    key = {"axis": result.axis, "selection": result.selection or "", "basis_selection": result.basis_selection or "",
+           "range_mode": result.range_mode, "bins": result.histograms.bins}
+    db.write_analysis("histograms", histograms_table(result), replace=key)
+    db.write_analysis("shifts", shifts_table(result), replace=key)
+    return f"{db.root}/{ANALYSIS_FOLDER}"

@@ -7,16 +7,47 @@ import pickle
 import torch
 
 from ops.layers import ModelLayers, layers_from_weights
-from ops.sources import register
+from ops.sources import register, zip_members
 from ops.sources.timm_models import create_timm_model, input_size_of
 from ops.torch_graph import module_convolutions, to_numpy
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def is_torchscript_archive(members: list[str]) -> bool:
+    """TorchScript archives (torch.jit.save) hold code and constants next to the pickled data."""
+    return any("/code/" in m or m.endswith("constants.pkl") for m in members)
+
+
+def recognises(path: str, head: bytes) -> bool:
+    """A torch.save file: a zip archive with a data.pkl and no TorchScript code, or a bare pickle
+    (protocol 2-5, as torch.save wrote before zip archives)."""
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return True
+    members = zip_members(path) if head.startswith(ZIP_MAGIC) else None
+    return bool(members) and any(m.endswith("data.pkl") for m in members) and not is_torchscript_archive(members)
+
+
+def unreadable_zip(path: str) -> bool:
+    """A file that starts like a zip archive but whose directory cannot be read: cut short or damaged."""
+    with open(path, "rb") as f:
+        return f.read(4) == ZIP_MAGIC and zip_members(path) is None
 
 
 def read_checkpoint(path: str, trust_pickles: bool) -> dict[str, torch.Tensor]:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if unreadable_zip(path):
+        raise ValueError(f"{path}: a zip archive (as torch.save writes) whose directory cannot be read: "
+                         f"the file is truncated or damaged; save or copy it again")
+    if not recognises(path, head):
+        raise ValueError(f"{path}: not a torch checkpoint (neither a torch.save zip archive nor a pickle)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickles)
+    except (EOFError, RuntimeError) as error:  # torch's readers report a short file as either
+        raise ValueError(f"{path}: the checkpoint ends early or is damaged ({str(error).splitlines()[0] or 'EOF'}); "
+                         f"save or copy it again") from None
     except pickle.UnpicklingError as error:
         raise ValueError(
             f"{path}: the checkpoint holds pickled objects beyond tensors, and unpickling them would run "
@@ -78,6 +109,6 @@ def _shape_overrides(arch: str, state: dict[str, torch.Tensor]) -> dict:
     return overrides
 
 
-@register("checkpoint")
+@register("checkpoint", description="a torch.save checkpoint (state dict)", recognises=recognises)
 def load(entry, trust_pickles: bool = False, device: str = "cpu") -> ModelLayers:
     return layers_from_state_dict(read_checkpoint(entry.uri, trust_pickles), entry, device)
