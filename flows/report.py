@@ -28,13 +28,13 @@ def build_report(db: str | os.PathLike, out: str | os.PathLike | None = None, ax
     from ops.shifts import DEPTH_AXIS, select_filters
 
     clock = _Clock(timings)
-    db = Path(db)
+    db = str(db).rstrip("/")  # a folder or a URI: the DB object joins table URIs, never pathlib
     axes = list(dict.fromkeys(a.strip() for a in axes if a.strip()))
     if not axes:
         raise UsageError("--axes is empty: name at least one axis, e.g. --axes task,visual_category,depth")
     selection = select_filters(db, axes, where)  # checks the DB, the axes and the predicate (UsageError)
     predicate, version = selection.predicate, selection.version
-    results = clock("stored", lambda: {axis: stored_shift_result(str(db), axis, predicate, version) for axis in axes})
+    results = clock("stored", lambda: {axis: stored_shift_result(db, axis, predicate, version) for axis in axes})
     absent = [axis for axis, result in results.items() if result is None]
     where_option = f' --where "{where}"' if where else ""
     missing = {axis: f"Not stored for this version of the DB: `filterdb shifts --db {db} --by {axis}{where_option}` computes it."
@@ -45,7 +45,7 @@ def build_report(db: str | os.PathLike, out: str | os.PathLike | None = None, ax
     results = {axis: result for axis, result in results.items() if result is not None}
     quality, quality_note = clock("quality", lambda: _quality(db, where))
     sample_axes = axes if DEPTH_AXIS in axes else [*axes, DEPTH_AXIS]
-    sample = clock("sample", lambda: sample_filters(str(db), predicate, version, sample_axes, n=sample_size))
+    sample = clock("sample", lambda: sample_filters(db, predicate, version, sample_axes, n=sample_size))
     options = {
         "DB": str(db),
         "made": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + f" by filterdb {_version()}",
@@ -53,10 +53,12 @@ def build_report(db: str | os.PathLike, out: str | os.PathLike | None = None, ax
         "selection of the filters": predicate or "all filters",
         "filters.lance version analysed": str(version),
     }
-    summary = clock("summary", lambda: db_summary(str(db)))
+    summary = clock("summary", lambda: db_summary(db))
     content = ReportContent(summary, options, results, missing, quality, quality_note, sample)
     page = clock("html", lambda: report_html(content))
-    folder = Path(out) if out is not None else db / "report"
+    if out is None and "://" in db and not db.startswith("file://"):
+        raise UsageError(f"{db} is on object storage: give --out, a local folder for the report")
+    folder = Path(out) if out is not None else Path(db.removeprefix("file://")) / "report"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / REPORT_FILE
     partial = path.with_suffix(".html.partial")
@@ -79,7 +81,7 @@ class _Clock:
         return result
 
 
-def _analyses(db: Path, axes: list[str], where: str | None, progress: bool, missing: dict) -> dict:
+def _analyses(db: str, axes: list[str], where: str | None, progress: bool, missing: dict) -> dict:
     """The shift analyses of `axes`, one pass for all; when that fails for bad input (an axis with one
     group), each axis on its own, the reason of every one that fails kept in `missing`."""
     from flows.shifts import run_shift_axes
@@ -100,7 +102,7 @@ def _analyses(db: Path, axes: list[str], where: str | None, progress: bool, miss
     return results
 
 
-def _quality(db: Path, where: str | None):
+def _quality(db: str, where: str | None):
     """The quality report of the selection, or None and why (no layers, or none with metrics)."""
     from flows.quality import quality_report
     from ops.errors import UsageError

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import lance
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +27,7 @@ from ops.shifts import (
     resolve_axis,
     weights_array,
 )
+from ops.shifts.selection import as_db
 
 SUMMARY_COLUMNS = ("family", "task", "visual_category")
 """Columns of models.lance the summary counts models by."""
@@ -91,19 +89,19 @@ def stored_shift_result(db: str, axis: str, selection: str | None, version: int,
     gives it) with these `bins` and `range_mode`, stored under DIR/analysis/ for this version of
     filters.lance, as a `ShiftResult` with the stored numbers, groups in the study's order
     (`ops.shifts.default_sort`); None when there is none (or only one of an older version or recipe)."""
-    folder = Path(db) / "analysis"
-    if not all((folder / f"{name}.lance").exists() for name in ("basis", "histograms", "shifts")):
+    store = as_db(db)
+    tables = [store.dataset(f"analysis/{name}") for name in ("basis", "histograms", "shifts")]
+    if any(t is None for t in tables):
         return None
+    if any(not {"range_mode", "bins"} <= set(t.schema.names) for t in tables[1:]):
+        return None  # written before the recipe was recorded: not comparable
     key = (f"axis = {_sql_string(axis)} AND selection = {_sql_string(selection or '')} AND db_version = {int(version)} "
            f"AND range_mode = {_sql_string(range_mode)} AND bins = {int(bins)}")
-    tables = [lance.dataset(str(folder / f"{name}.lance")) for name in ("histograms", "shifts")]
-    if any(not {"range_mode", "bins"} <= set(t.schema.names) for t in tables):
-        return None  # written before the recipe was recorded: not comparable
-    histograms, shifts = (t.to_table(filter=key) for t in tables)
+    histograms, shifts = (store.read_analysis(name, where=key) for name in ("histograms", "shifts"))
     if histograms.num_rows == 0:
         return None
     basis_selection = histograms.column("basis_selection")[0].as_py()
-    stored = load_basis(folder / "basis.lance", basis_selection)
+    stored = load_basis(store, basis_selection)
     rows = histograms.sort_by([("group", "ascending"), ("component", "ascending")]).to_pylist()
     groups = sorted({r["group"] for r in rows}, key=_depth_key if axis == DEPTH_AXIS else None)
     counts = {g: np.zeros((N_COMPONENTS, len(rows[0]["counts"])), np.int64) for g in groups}
@@ -153,8 +151,9 @@ def sample_filters(db: str, selection: str | None, version: int, axes: list[str]
 
     One pass reads the predicate's value and the axes' columns of every row (never `weights`), batch
     by batch, keeping only the chosen rows' positions; one `take` then reads those rows' weights."""
-    filters = lance.dataset(str(Path(db) / "filters.lance"), version=version)
-    resolved = {name: resolve_axis(Path(db), name) for name in axes}
+    store = as_db(db)
+    filters = store.dataset_at("filters", version)
+    resolved = {name: resolve_axis(store, name) for name in axes}
     columns = {"selected": selection or "true"}
     for axis in resolved.values():
         columns[axis.column] = axis.column
