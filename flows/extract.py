@@ -22,6 +22,7 @@ from ops.catalog import CatalogEntry, read_catalog
 from ops.extraction import extract_model, failed_row, source_fingerprint, write_files
 from ops.db import FilterDB, open_db
 from ops.store import WrittenModel
+from ops.sources.timm_models import assume_hub_reachable, hub_reachable, needs_hub
 from ops.torch_graph import graph_pass_failure
 
 
@@ -87,9 +88,13 @@ def extract_catalog_local(catalog: str, db_path: str, force: bool = False, trust
 class ExtractModels:
     """Ray Data actor: extracts one model per call on its device and writes its data files."""
 
-    def __init__(self, db_path: str, trust_pickles: bool, threads: int, storage_options: dict | None = None):
+    def __init__(self, db_path: str, trust_pickles: bool, threads: int, storage_options: dict | None = None,
+                 hub_reachable: bool | None = None):
         import ray
         import torch
+
+        if hub_reachable is not None:  # the driver probed the hub once for the whole run
+            assume_hub_reachable(hub_reachable)
 
         torch.set_num_threads(max(1, threads))
         self.db = open_db(db_path, storage_options=storage_options, must_exist=False)
@@ -205,7 +210,8 @@ def _pipeline(todo: list[CatalogEntry], db_path: str, trust_pickles: bool, actor
             # one model in flight per actor: a crash loses only the model that caused it
             compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
             fn_constructor_kwargs=dict(db_path=db_path, trust_pickles=trust_pickles, threads=cpus_per_actor,
-                                       storage_options=storage_options),
+                                       storage_options=storage_options,
+                                       hub_reachable=hub_reachable() if any(map(needs_hub, todo)) else None),
             num_cpus=cpus_per_actor,
             num_gpus=gpus_per_actor,
             max_task_retries=1,  # Ray Data retries forever by default: a model that kills its worker would hang the run

@@ -312,6 +312,20 @@ def test_the_hub_is_probed_at_most_once_per_process(monkeypatch, tmp_path):
     assert len(probes) == 1 and probes[0][1] == 443
 
 
+def test_a_ray_run_probes_the_hub_once_on_the_driver_and_its_actors_take_the_answer(ray_session, monkeypatch, tmp_path):
+    import flows.extract
+    from flows.extract import extract_catalog
+
+    probes = []
+    monkeypatch.setattr(flows.extract, "hub_reachable", lambda: probes.append(1) or False)
+    catalog = tmp_path / "timm.csv"
+    catalog.write_text("model_id,source,uri,pretrained\n" + "".join(f"t{i},timm,test_resnet,true\n" for i in range(3)))
+    summary = extract_catalog(str(catalog), str(tmp_path / "db"), progress=False)
+    assert probes == [1]
+    assert sorted(summary.failed) == ["t0", "t1", "t2"]
+    assert all("no network" in error for error in summary.failed.values())
+
+
 # --- Ray addresses -----------------------------------------------------------------------------
 
 

@@ -123,6 +123,17 @@ def test_backfill_recomputes_the_stored_metrics(db, tmp_path):
         assert np.allclose(again[name], stored[name], rtol=1e-6, equal_nan=True), name
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; this machine has none")
+def test_backfill_on_cuda_gives_the_cpu_metrics(db):
+    cpu = lance.dataset(f"{db}/layers.lance").to_table().to_pandas()
+    assert backfill_metrics(db, device="cuda") == 3
+    cuda = lance.dataset(f"{db}/layers.lance").to_table().to_pandas()
+    key = ["model_id", "layer_index"]
+    cpu, cuda = cpu.sort_values(key).reset_index(drop=True), cuda.sort_values(key).reset_index(drop=True)
+    for name in QUALITY_COLUMNS:
+        assert np.allclose(cuda[name], cpu[name], rtol=1e-5, atol=1e-6, equal_nan=True), name
+
+
 def test_cli_json_and_file_outputs(db, tmp_path, capsys):
     assert main(["quality", "--db", db, "--format", "json", "--out", str(tmp_path / "q.parquet")]) == 0
     captured = capsys.readouterr()

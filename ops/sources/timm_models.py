@@ -37,6 +37,17 @@ def hub_reachable() -> bool:
     return _hub_reachable
 
 
+def needs_hub(entry) -> bool:
+    """Whether extracting this catalog row downloads timm weights from the hub."""
+    return entry.source == "timm" and entry.pretrained and not entry.weights_file
+
+
+def assume_hub_reachable(reachable: bool) -> None:
+    """Take another process's probe (the driver's) as this process's, so a run probes at most once."""
+    global _hub_reachable
+    _hub_reachable = reachable
+
+
 @contextmanager
 def _hub_offline():
     """Hub downloads answered from the local cache only, for the duration of the block."""
