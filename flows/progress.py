@@ -87,3 +87,17 @@ class ExtractProgress:
             self.console.print(f"[red]failed[/red] {model_id}: {error}")
         for model_id, notes in s.graph_pass_failed.items():
             self.console.print(f"[yellow]graph pass failed[/yellow] {model_id}: {notes}")
+
+
+class StepClock:
+    """Runs steps, recording their wall seconds into `timings` (if given) by step name."""
+
+    def __init__(self, timings: dict | None):
+        self.timings = timings
+
+    def __call__(self, step: str, fn):
+        start = time.perf_counter()
+        result = fn()
+        if self.timings is not None:
+            self.timings[step] = time.perf_counter() - start
+        return result

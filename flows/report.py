@@ -6,9 +6,10 @@ back; missing ones are computed with `flows.shifts.run_shift_axes` (and stored),
 from __future__ import annotations
 
 import os
-import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from flows.progress import StepClock
 
 DEFAULT_AXES = ("task", "visual_category", "depth")
 REPORT_FILE = "report.html"
@@ -27,7 +28,7 @@ def build_report(db: str | os.PathLike, out: str | os.PathLike | None = None, ax
     from ops.report_html import ReportContent, report_html
     from ops.shifts import DEPTH_AXIS, select_filters
 
-    clock = _Clock(timings)
+    clock = StepClock(timings)
     db = str(db).rstrip("/")  # a folder or a URI: the DB object joins table URIs, never pathlib
     axes = list(dict.fromkeys(a.strip() for a in axes if a.strip()))
     if not axes:
@@ -66,19 +67,6 @@ def build_report(db: str | os.PathLike, out: str | os.PathLike | None = None, ax
     partial.replace(path)  # a reader never sees half a page
     return path
 
-
-class _Clock:
-    """Runs steps, recording their wall seconds into `timings` (if given) by name."""
-
-    def __init__(self, timings: dict | None):
-        self.timings = timings
-
-    def __call__(self, step: str, fn):
-        start = time.perf_counter()
-        result = fn()
-        if self.timings is not None:
-            self.timings[step] = time.perf_counter() - start
-        return result
 
 
 def _analyses(db: str, axes: list[str], where: str | None, progress: bool, missing: dict) -> dict:

@@ -26,7 +26,6 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import lance
@@ -36,7 +35,7 @@ import pyarrow.compute as pc
 
 from ops.errors import UsageError
 from ops.predicates import predicate_error
-from ops.store import FILTERS_SCHEMA, META_COLUMNS, MODELS_SCHEMA, SCHEMAS, TABLES, ModelsRow, WrittenModel, sql_list
+from ops.store import META_COLUMNS, MODELS_SCHEMA, SCHEMAS, TABLES, ModelsRow, WrittenModel, sql_list
 
 ANALYSIS_FOLDER = "analysis"
 KNOWN_ANALYSIS_TABLES = ("basis", "histograms", "shifts", "quality")

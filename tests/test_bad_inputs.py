@@ -6,7 +6,6 @@ before. Refused catalogs (exit status 2) leave every table at its version.
 """
 
 import os
-import pickle
 import socket
 import subprocess
 import sys

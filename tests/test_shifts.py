@@ -151,10 +151,11 @@ def test_results_do_not_depend_on_the_number_or_order_of_fragments(tmp_path, by_
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_results_do_not_depend_on_the_order_partial_results_merge_in(db, by_task, ray_session, monkeypatch, seed):
-    # Kept blocks are folded one at a time (concurrency 1) in a shuffled order.
+    # Fragments are read (steps 1 and 2) and kept blocks folded (steps 3 and 4) one at a time
+    # (concurrency 1), each in a shuffled order.
     import flows.shifts
 
-    fold = flows.shifts._fold_blocks
+    fold, read = flows.shifts._fold_blocks, flows.shifts._read_kept_blocks
     rng = np.random.default_rng(seed)
     orders = []
 
@@ -163,9 +164,15 @@ def test_results_do_not_depend_on_the_order_partial_results_merge_in(db, by_task
         orders.append(order.tolist())
         return fold([blocks[i] for i in order], *args, **kwargs)
 
+    def read_shuffled(db, version, predicate, groups, *args, **kwargs):
+        order = rng.permutation(len(groups))
+        orders.append(order.tolist())
+        return read(db, version, predicate, [groups[i] for i in order], *args, **kwargs)
+
     monkeypatch.setattr(flows.shifts, "_fold_blocks", shuffled)
+    monkeypatch.setattr(flows.shifts, "_read_kept_blocks", read_shuffled)
     result = run_shifts(db, "task", cache=True, concurrency=1, write=False, reuse=False, progress=False)
-    assert len(orders) == 3 and len(orders[0]) > 1 and orders[0] != sorted(orders[0])  # three steps, each in another order
+    assert len(orders) == 3 and all(len(o) > 1 for o in orders) and orders[0] != sorted(orders[0])  # three passes, each in another order
     assert_identical(result, by_task, f"merge order of seed {seed}")
 
 
@@ -263,8 +270,10 @@ def test_several_axes_share_one_basis_one_range_and_one_pass(db, ray_session, mo
     for name in ("_fold", "_fold_blocks"):
         fold = getattr(flows.shifts, name)
         monkeypatch.setattr(flows.shifts, name, lambda *args, fold=fold, **kwargs: steps.append(args[1].__name__) or fold(*args, **kwargs))
+    read = flows.shifts._read_kept_blocks
+    monkeypatch.setattr(flows.shifts, "_read_kept_blocks", lambda *args, **kwargs: steps.append("read and moments") or read(*args, **kwargs))
     together = run_shift_axes(db, "task,depth,width", write=False, reuse=False, progress=False)
-    assert steps == ["_moments_of_block", "_range_of_block", "_histograms_of_block"]
+    assert steps == ["read and moments", "_range_of_block", "_histograms_of_block"]
     assert list(together) == ["task", "depth", "width"]
     for axis, result in together.items():
         alone = run_shifts(db, axis, write=False, reuse=False, progress=False)
@@ -410,7 +419,7 @@ def fragmented_db(tmp_path_factory, ray_session):
 
 
 STEPS = {
-    "read once": [("_fold_blocks", "_moments_of_block"), ("_fold_blocks", "_range_of_block"), ("_fold_blocks", "_histograms_of_block")],
+    "read once": [("_fold_blocks", "_range_of_block"), ("_fold_blocks", "_histograms_of_block")],  # moments in the read's tasks
     "read once per step": [("_fold", "_moments_of_block"), ("_fold", "_range_of_block"), ("_fold", "_histograms_of_block")],
     "stored basis": [("_fold", "_histograms_of_block")],
     "reused basis": [("_fold", "_histograms_of_block")],
@@ -500,6 +509,23 @@ def test_probabilities_are_densities_floored_at_float32_epsilon_and_renormalised
     second = np.array([eps, 4 / (4 * 0.01), eps, eps])
     np.testing.assert_allclose(p[0, 0], first / first.sum(), rtol=1e-15)
     np.testing.assert_allclose(p[0, 1], second / second.sum(), rtol=1e-15)
+
+
+def test_moments_taken_while_scaling_are_the_exact_integer_sums_of_the_block():
+    # Reference written from the contract: q = round(w / max|w| * 2^24), the division in float32;
+    # sums of q and of q q^T in int64 (exact: 5000 * 2^48 < 2^63).
+    rng = np.random.default_rng(8)
+    weights = synthetic_filters(rng, 5000, rng.uniform(-1, 1, 5000), rng.uniform(0, 1, 5000))
+    peak = np.abs(weights).max(axis=1, keepdims=True)
+    peak[peak == 0] = 1
+    q = np.rint((weights / peak).astype(np.float32).astype(np.float64) * 2**24).astype(np.int64)
+    groups = [shifts.group_codes(pa.array(np.array(["x", "y"])[rng.integers(0, 2, 5000)]))]
+    block, moments = shifts.scaled_block_and_moments(weights, groups)
+    assert block.equals(shifts.scaled_block(weights, groups))
+    np.testing.assert_array_equal(np.stack([block.column(c).to_numpy() for c in shifts.SCALED_COLUMNS], axis=1), q)
+    assert moments.n == 5000
+    assert moments.total.tolist() == q.sum(axis=0).tolist()
+    assert moments.outer.tolist() == (q.T @ q).tolist()
 
 
 def test_a_scaled_block_gives_the_aggregates_of_its_weights():

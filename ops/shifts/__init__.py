@@ -44,6 +44,7 @@ from ops.shifts.aggregates import (
     chunks_of,
     peak_scaled,
     scaled_block,
+    scaled_block_and_moments,
     scaled_chunks,
     weights_array,
 )
@@ -67,7 +68,7 @@ __all__ = [
     "SCALE", "SCALE_BITS", "SCALED_COLUMNS", "SORTS", "SPLIT",
     "AxesHistograms", "Axis", "Basis", "CoefficientRange", "Histograms", "Moments", "Selection", "ShiftInputError", "ShiftResult",
     "StoredBasis", "analyse", "axis_names", "basis_table", "binned_kde", "block_chunks", "block_groups", "check_groups", "chunks_of",
-    "default_sort", "depth_codes", "depth_labels", "group_codes", "groupings_of", "histograms_table", "load_basis", "peak_scaled", "probabilities", "resolve_axis", "scaled_block",
+    "default_sort", "depth_codes", "depth_labels", "group_codes", "groupings_of", "histograms_table", "load_basis", "peak_scaled", "probabilities", "resolve_axis", "scaled_block", "scaled_block_and_moments",
     "scaled_chunks", "select_filters", "selection_predicate", "shifts_table", "silverman_bandwidth", "stored_basis_for",
     "symmetric_kl_matrix", "weights_array", "write_analysis",
 ]

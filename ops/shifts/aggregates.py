@@ -1,7 +1,8 @@
 """The mergeable aggregates of the shift analysis (steps 1-4 of `ops.shifts`): small values with a
 `merge`, computed per block and folded in any order on any number of workers.
 
-    step 1  peak scaling  `scaled_chunks` (weights as read), `scaled_block` / `block_chunks` (kept)
+    step 1  peak scaling  `scaled_chunks` (weights as read), `scaled_block` / `block_chunks` (kept;
+                          `scaled_block_and_moments`: with step 2 of the same filters)
     step 2  Moments          count, sum and sum of outer products of the scaled filters -> Basis
     step 3  CoefficientRange min / max of every component's coefficient over the selection; the bins
                              span one range for all components (the study's) or each one's own
@@ -25,7 +26,7 @@ buffers, transposed to (9, rows) so that every step runs over contiguous rows: t
 as eight `np.maximum` of rows (a row-wise `max(axis=1)` on (n, 9) is several times slower), divide,
 round to q, copy to float64; a kept block's q is read into float64 chunks; moments are the split of
 q and two float64 products, the range one float64 matmul and a min/max per row, and the histograms
-that matmul, a multiply and an add to the bin position, a clip, a cast and, per axis, one
+that matmul, a multiply and an add to the bin position, a clip, a cast to int32 and, per axis, one
 `np.bincount` over a flat (component, group, bin) index spanning the chunk's groups (most of the
 histograms' cost). `filterdb bench shifts --steps` prints the CPU nanoseconds per filter of each.
 """
@@ -88,11 +89,27 @@ def scaled_chunks(weights: np.ndarray, out: np.ndarray | None = None):
     refuses others)."""
     size = max(1, min(CHUNK_ROWS, len(weights)))
     buffer, scaled = np.empty((N_COMPONENTS, size)), np.empty((N_COMPONENTS, size), np.float32)
-    magnitude, divisor = np.empty((N_COMPONENTS, size), np.float32), np.empty(size, np.float32)
+    work = _ScalingBuffers(size)
     for start in range(0, len(weights), size):
         chunk = weights[start : start + size]
         rows = slice(start, start + len(chunk))
-        x, a, p = (scaled[:, : len(chunk)] if out is None else out[:, rows]), magnitude[:, : len(chunk)], divisor[: len(chunk)]
+        x = scaled[:, : len(chunk)] if out is None else out[:, rows]
+        work.scale(chunk, x)
+        q = buffer[:, : len(chunk)]
+        np.copyto(q, x)
+        yield rows, q
+
+
+class _ScalingBuffers:
+    """The work buffers of peak scaling, reused chunk after chunk."""
+
+    def __init__(self, size: int):
+        self.magnitude, self.divisor = np.empty((N_COMPONENTS, size), np.float32), np.empty(size, np.float32)
+
+    def scale(self, chunk: np.ndarray, x: np.ndarray) -> None:
+        """x ((9, rows) float32) = the integers q of the (rows, 9) float32 weights `chunk`, exactly
+        (|q| <= 2^24): transpose, |w|, peak as eight `np.maximum` of rows, divide, scale by 2^24, round."""
+        a, p = self.magnitude[:, : len(chunk)], self.divisor[: len(chunk)]
         np.copyto(x, chunk.T)
         np.abs(x, out=a)
         np.maximum(a[0], a[1], out=p)
@@ -102,9 +119,6 @@ def scaled_chunks(weights: np.ndarray, out: np.ndarray | None = None):
         x /= p
         x *= SCALE  # exact: a power of two, |x| <= 1
         np.rint(x, out=x)
-        q = buffer[:, : len(chunk)]
-        np.copyto(q, x)
-        yield rows, q
 
 
 # --- step 1, kept: the block of filters read and scaled once, as the flow keeps it --------------
@@ -119,11 +133,29 @@ def scaled_block(weights: np.ndarray, groupings: list[tuple[np.ndarray, list[str
     that a chunk of each is contiguous) and, per axis, the group as a dictionary column (`groupings`:
     (codes, labels) of every axis): what the Ray flow keeps in the object store so that steps 2-4
     read and scale the filters once."""
+    q = _block_buffer(len(weights))
+    work = _ScalingBuffers(max(1, min(CHUNK_ROWS, len(weights))))
+    for start in range(0, len(weights), CHUNK_ROWS):
+        chunk = weights[start : start + CHUNK_ROWS]
+        work.scale(chunk, q[:, start : start + len(chunk)])  # straight into the block: no float64 copy
+    return _block_table(q, groupings)
+
+
+def scaled_block_and_moments(weights: np.ndarray, groupings: list[tuple[np.ndarray, list[str]]]) -> tuple[pa.Table, Moments]:
+    """`scaled_block` and the `Moments` of its filters (step 2), each chunk taken while it is in
+    cache: the same values as `Moments.of_chunks(block_chunks(block))`, without reading the block again."""
+    q = _block_buffer(len(weights))
+    moments = Moments.of_chunks(scaled_chunks(weights, out=q))
+    return _block_table(q, groupings), moments
+
+
+def _block_buffer(n: int) -> np.ndarray:
     # Memory from Arrow's pool, which keeps freed pages: a fresh numpy array of this size pays a page
     # fault per page, which doubles the cost of this step.
-    q = np.frombuffer(pa.allocate_buffer(len(weights) * N_COMPONENTS * 4), np.float32).reshape(N_COMPONENTS, len(weights))
-    for _ in scaled_chunks(weights, out=q):
-        pass
+    return np.frombuffer(pa.allocate_buffer(n * N_COMPONENTS * 4), np.float32).reshape(N_COMPONENTS, n)
+
+
+def _block_table(q: np.ndarray, groupings: list[tuple[np.ndarray, list[str]]]) -> pa.Table:
     groups = [pa.DictionaryArray.from_arrays(pa.array(np.asarray(codes, np.int32), pa.int32()), pa.array(labels, pa.string())) for codes, labels in groupings]
     return pa.table([*q, *groups], names=[*SCALED_COLUMNS, *(f"{GROUP_COLUMN}{i}" for i in range(len(groups)))])
 
@@ -383,9 +415,10 @@ class AxesHistograms:
         width = bins / (hi - lo)
         factor, shift = (scale * width)[:, None], (-(offset + lo) * width)[:, None]
         counts = [np.zeros((N_COMPONENTS, len(unique), bins), np.int64) for unique, _ in groupings]
-        component_offset = (np.arange(N_COMPONENTS) * bins)[:, None]
-        position, index_buffer = np.empty((N_COMPONENTS, CHUNK_ROWS)), np.empty((N_COMPONENTS, CHUNK_ROWS), np.intp)
-        flat_buffer = np.empty((N_COMPONENTS, CHUNK_ROWS), np.intp)
+        component_offset = (np.arange(N_COMPONENTS, dtype=np.int32) * bins)[:, None]
+        # Bin indices as int32: numpy casts float64 to int32 several times faster than to intp.
+        position, index_buffer = np.empty((N_COMPONENTS, CHUNK_ROWS)), np.empty((N_COMPONENTS, CHUNK_ROWS), np.int32)
+        flat_buffer = np.empty((N_COMPONENTS, CHUNK_ROWS), np.int32)
         for rows, q in chunks:
             t = np.matmul(a, q, out=position[:, : q.shape[1]])
             t *= factor
@@ -401,9 +434,9 @@ class AxesHistograms:
                 first, last = int(group.min()), int(group.max())
                 span = last - first + 1
                 flat = flat_buffer[:, : q.shape[1]]
-                np.add(index, component_offset * span, out=flat)
+                np.add(index, component_offset * np.int32(span), out=flat)
                 if span > 1:
-                    flat += (group - first) * bins
+                    flat += ((group - first) * bins).astype(np.int32)
                 axis_counts[:, first : last + 1] += np.bincount(flat.ravel(), minlength=N_COMPONENTS * span * bins).reshape(N_COMPONENTS, span, bins)
         for histograms, (unique, _), axis_counts in zip(result.axes, groupings, counts):
             histograms.counts = {label: axis_counts[:, g].copy() for g, label in enumerate(unique) if axis_counts[0, g].any()}
