@@ -26,11 +26,11 @@ from ops.sources.timm_models import assume_hub_reachable, hub_reachable, needs_h
 from ops.torch_graph import graph_pass_failure
 
 
-def models_to_extract(entries: list[CatalogEntry], db: FilterDB, force: bool) -> tuple[list[CatalogEntry], list[str]]:
-    """Entries that need work, and ids skipped because they are stored unchanged (same input files)."""
+def models_to_extract(entries: list[CatalogEntry], stored: dict[str, dict], force: bool) -> tuple[list[CatalogEntry], list[str]]:
+    """Entries that need work, and ids skipped because they are stored (`stored`: the DB's
+    `stored_models()`) unchanged (same input files)."""
     if force:
         return entries, []
-    stored = db.stored_models()
     todo, skipped = [], []
     for entry in entries:
         row = stored.get(entry.model_id)
@@ -55,8 +55,8 @@ def extraction(catalog: str, db_path: str, force: bool, progress: bool, storage_
     entries = read_catalog(catalog)
     db = open_db(db_path, storage_options=storage_options, must_exist=False)
     recovered = db.recover()
-    todo, skipped = models_to_extract(entries, db, force)
     stored = db.stored_models()
+    todo, skipped = models_to_extract(entries, stored, force)
     with ExtractProgress(ExtractSummary(total=len(entries)), enabled=progress) as bar:
         for model_id in skipped:
             bar.skipped(model_id)

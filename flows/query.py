@@ -31,7 +31,7 @@ def add_commands(commands) -> None:
     similar.set_defaults(run=_similar)
 
     index = commands.add_parser("index", help="build the vector index of the filters (for `filterdb similar`)")
-    _db_options(index)
+    _db_options(index, version=False)
     index.add_argument("--partitions", type=int, help="IVF partitions (default: one per ~8k filters)")
     index.set_defaults(run=_index)
 
@@ -79,11 +79,8 @@ def _similar(args) -> int:
 def _index(args) -> int:
     import time
 
-    from ops.db import open_db
-
     started = time.perf_counter()
-    db = open_db(args.db)
-    built = db.create_vector_index(args.partitions)
+    built = _open(args).create_vector_index(args.partitions)
     print(f"indexed {built['rows']:,} filters ({built['index_type']}, {built['partitions']} partitions, cosine) "
           f"in {time.perf_counter() - started:.1f} s")
     return 0
@@ -95,12 +92,11 @@ def _info(args) -> int:
 
 
 def _vacuum(args) -> int:
-    from ops.db import open_db
     from ops.errors import UsageError
 
     if args.keep is not None and args.keep < 0:
         raise UsageError(f"--keep {args.keep}: give 0 or more snapshots to keep")
-    done = open_db(args.db).vacuum(keep=args.keep)
+    done = _open(args).vacuum(keep=args.keep)
     removed = done["snapshots_removed"]
     print(f"removed {done['versions_removed']} old table versions ({_size(done['bytes_removed'])} freed)"
           + (f" and snapshots {', '.join(map(str, removed))}" if removed else ""))
@@ -152,7 +148,6 @@ def _size(n: int | None) -> str:
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n} B"
 
 
 def print_info(info: dict) -> None:

@@ -14,7 +14,7 @@ def ray_dataset(db, table: str, where: str | None = None, columns: list[str] | N
     here, before any task runs."""
     import ray.data
 
-    db.scanner(table, where, columns).projected_schema  # noqa: B018 - checks the predicate and columns once
+    db.scanner(table, where, columns)  # plans the scan: a bad predicate or column fails here, once
     plan = db.read_plan(table, where)
     return ray.data.read_lance(plan["uri"], version=plan["version"], columns=columns, filter=plan["filter"],
                                storage_options=plan["storage_options"], **read_options)

@@ -33,32 +33,33 @@ def build_report(db: str | os.PathLike, out: str | os.PathLike | None = None, ax
     axes = list(dict.fromkeys(a.strip() for a in axes if a.strip()))
     if not axes:
         raise UsageError("--axes is empty: name at least one axis, e.g. --axes task,visual_category,depth")
+    if out is None and "://" in db and not db.startswith("file://"):
+        raise UsageError(f"{db} is on object storage: give --out, a local folder for the report")
     selection = select_filters(db, axes, where)  # checks the DB, the axes and the predicate (UsageError)
     predicate, version = selection.predicate, selection.version
     results = clock("stored", lambda: {axis: stored_shift_result(db, axis, predicate, version) for axis in axes})
     absent = [axis for axis, result in results.items() if result is None]
     where_option = f' --where "{where}"' if where else ""
-    missing = {axis: f"Not stored for this version of the DB: `filterdb shifts --db {db} --by {axis}{where_option}` computes it."
-               for axis in absent}
-    if absent and not stored_only:
-        missing = {}
+    missing = {}
+    if stored_only:
+        missing = {axis: f"Not stored for this version of the DB: `filterdb shifts --db {db} --by {axis}{where_option}` computes it."
+                   for axis in absent}
+    elif absent:
         results.update(clock("analyses", lambda: _analyses(db, absent, where, progress, missing)))
     results = {axis: result for axis, result in results.items() if result is not None}
     quality, quality_note = clock("quality", lambda: _quality(db, where))
     sample_axes = axes if DEPTH_AXIS in axes else [*axes, DEPTH_AXIS]
     sample = clock("sample", lambda: sample_filters(db, predicate, version, sample_axes, n=sample_size))
     options = {
-        "DB": str(db),
+        "DB": db,
         "made": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + f" by filterdb {_version()}",
-        "command": f"filterdb report --db {db} --axes {','.join(axes)}" + (f' --where "{where}"' if where else ""),
+        "command": f"filterdb report --db {db} --axes {','.join(axes)}{where_option}",
         "selection of the filters": predicate or "all filters",
         "filters.lance version analysed": str(version),
     }
     summary = clock("summary", lambda: db_summary(db))
     content = ReportContent(summary, options, results, missing, quality, quality_note, sample)
     page = clock("html", lambda: report_html(content))
-    if out is None and "://" in db and not db.startswith("file://"):
-        raise UsageError(f"{db} is on object storage: give --out, a local folder for the report")
     folder = Path(out) if out is not None else Path(db.removeprefix("file://")) / "report"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / REPORT_FILE
@@ -66,7 +67,6 @@ def build_report(db: str | os.PathLike, out: str | os.PathLike | None = None, ax
     partial.write_text(page, encoding="utf-8")
     partial.replace(path)  # a reader never sees half a page
     return path
-
 
 
 def _analyses(db: str, axes: list[str], where: str | None, progress: bool, missing: dict) -> dict:
@@ -96,7 +96,7 @@ def _quality(db: str, where: str | None):
     from ops.errors import UsageError
 
     try:
-        report = quality_report(str(db), where)
+        report = quality_report(db, where)
     except UsageError as error:
         return None, f"No layer quality to show: {error}"
     report.layers = report.layers.dropna(subset=["sparsity", "variance_entropy_norm"])

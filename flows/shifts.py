@@ -56,7 +56,8 @@ from ops.shifts import (
     write_analysis,
 )
 
-__all__ = ["CACHED_BYTES_PER_FILTER", "CACHE_SHARE", "ShiftInputError", "load_basis", "print_shift_matrix", "run_shift_axes", "run_shifts", "shifts_command"]
+__all__ = ["CACHED_BYTES_PER_FILTER", "CACHE_SHARE", "ShiftInputError", "kept_bytes", "keeps_filters", "load_basis", "print_shift_matrix", "run_shift_axes",
+           "run_shifts", "shifts_command"]
 
 BATCH_ROWS = 1 << 17
 TASKS_PER_CPU = 4
@@ -69,6 +70,20 @@ steps; a larger selection is read from filters.lance once per step. Measured on 
 the flow 1.3x faster, keeping 3.8 GB (54%) 1.3x slower (Ray Data throttles the read that fills the
 store)."""
 CACHED_BYTES_PER_FILTER = 4 * N_COMPONENTS + 4
+
+
+def kept_bytes(rows: int, n_axes: int = 1) -> int:
+    """Bytes of `rows` peak-scaled filters as the flow keeps them: nine float32 q and an int32 group
+    code per axis."""
+    return rows * (CACHED_BYTES_PER_FILTER + 4 * (n_axes - 1))
+
+
+def keeps_filters(rows: int, n_axes: int = 1) -> bool:
+    """The flow's default `cache`: whether `rows` kept filters take at most CACHE_SHARE of the
+    cluster's object store (Ray started)."""
+    import ray
+
+    return kept_bytes(rows, n_axes) <= CACHE_SHARE * ray.cluster_resources().get("object_store_memory", 0)
 
 
 # --- per block: one adapter per aggregate, for a kept block and a block read from Lance alike --------
@@ -128,9 +143,9 @@ def _histograms_of_block(block: pa.Table, axes: tuple[Axis, ...], basis: Basis, 
 def _block_task():
     import ray
 
-    # A read task whose fragments the predicate empties yields a block without rows and without
-    # columns, which map_batches passes on without calling its function: such a block adds nothing.
-    return ray.remote(num_cpus=1)(lambda block_fn, block, kwargs: block_fn(block, **kwargs) if block.num_rows else None)
+    # A kept block always has its columns (`_read_and_scale` gives fragments the predicate empties
+    # a block of no rows), and no rows add nothing to an aggregate.
+    return ray.remote(num_cpus=1)(lambda block_fn, block, kwargs: block_fn(block, **kwargs))
 
 
 def _fold_blocks(blocks: list, block_fn, initial, concurrency: int | None = None, **kwargs):
@@ -146,8 +161,7 @@ def _fold_blocks(blocks: list, block_fn, initial, concurrency: int | None = None
         while waiting and len(running) < limit:
             running.append(_block_task().remote(block_fn, waiting.pop(), kwargs))
         done, running = ray.wait(running, num_returns=1)
-        partial = ray.get(done[0])
-        result = result if partial is None else result.merge(partial)
+        result = result.merge(ray.get(done[0]))
     return result
 
 
@@ -263,10 +277,10 @@ def run_shift_axes(
     read+aggregate tasks.
 
     `cache`: read filters.lance once and keep the peak-scaled filters in Ray's object store for steps
-    2-4 (True), or read it once per step (False); by default, cache when the selection takes at most
-    CACHE_SHARE of the cluster's object store. `timings` receives the seconds of each step that ran,
-    by name: "read" (steps 1 and 2, when kept), "moments" (2, read once per step), "range" (3),
-    "histograms" (4). Writing the
+    2-4 (True), or read it once per step (False); by default, cache when all rows of filters.lance (an
+    upper bound of the selection) take at most CACHE_SHARE of the cluster's object store
+    (`keeps_filters`). `timings` receives the seconds of each step that ran, by name: "read" (steps 1
+    and 2, when kept), "moments" (2, read once per step), "range" (3), "histograms" (4). Writing the
     tables records a DB snapshot of kind "shifts"."""
     selection = select_filters(db, by, where, bins, depth_bins, range_mode, sort)
     db, filters, version, predicate, axes = selection.db, selection.filters, selection.version, selection.predicate, selection.axes
@@ -293,12 +307,12 @@ def run_shift_axes(
                                   override_num_blocks=n_tasks, concurrency=concurrency)
 
     if cache is None:
-        cache = rows * (CACHED_BYTES_PER_FILTER + 4 * (len(axes) - 1)) <= CACHE_SHARE * ray.cluster_resources().get("object_store_memory", 0)
-    clock, histograms, basis_selection = StepClock(timings), None, predicate
+        cache = keeps_filters(rows, len(axes))
+    clock, histograms, basis_over = StepClock(timings), None, predicate  # basis_over: the selection the basis was computed over
     histogram_options = {"axes": axes, "bins": bins, "range_mode": range_mode}
     with _data_context(progress):
         if stored is not None:  # steps 2 and 3 done by an earlier run
-            found, value_range, basis_selection = stored.basis, stored.value_range, stored.selection
+            found, value_range, basis_over = stored.basis, stored.value_range, stored.selection
         elif cache:
             # Each step needs the previous one's result: steps 1 and 2 once, the scaled blocks kept in
             # the object store for steps 3 and 4.
@@ -320,7 +334,7 @@ def run_shift_axes(
         check_groups(axis.name, sorted(axis_histograms.counts), predicate, db.table_uri("filters"))
     results = {
         axis.name: ShiftResult.of(axis.name, found, value_range, axis_histograms, order=axis.order(), sort=sort, selection=predicate,
-                                  basis_selection=basis_selection, db_version=version)  # step 5
+                                  basis_selection=basis_over, db_version=version)  # step 5
         for axis, axis_histograms in zip(axes, histograms.axes)
     }
     if write:

@@ -140,8 +140,9 @@ def _entry(row: dict[str, str], base: Path) -> CatalogEntry:
         if problem:
             raise ValueError(f"column 'uri': {problem}")
     weights_file = _existing_file(row["weights_file"], base, "weights_file") if row.get("weights_file") else None
-    if weights_file and _weights_file_problem(weights_file):
-        raise ValueError(f"column 'weights_file': {_weights_file_problem(weights_file)}")
+    problem = _weights_file_problem(weights_file) if weights_file else None
+    if problem:
+        raise ValueError(f"column 'weights_file': {problem}")
     return CatalogEntry(
         model_id=row["model_id"],
         source=source,
@@ -158,12 +159,13 @@ def _entry(row: dict[str, str], base: Path) -> CatalogEntry:
 
 def _weights_file_problem(path: str) -> str | None:
     """Why a `weights_file` is not a state dict (torch.save or safetensors), judged from its content."""
-    kind = file_kind(path) if os.path.getsize(path) else "checkpoint"
-    if kind in (None, "safetensors"):
+    if not os.path.getsize(path):
+        return file_problem("checkpoint", path)  # the message of an empty file
+    kind = file_kind(path)
+    if kind in (None, "checkpoint", "safetensors"):
         return None
-    return file_problem("checkpoint", path) if kind == "checkpoint" else (
-        f"file {path} looks like {SOURCES[kind].description}; weights_file takes a state dict "
-        f"(a torch.save or safetensors file)")
+    return (f"file {path} looks like {SOURCES[kind].description}; weights_file takes a state dict "
+            f"(a torch.save or safetensors file)")
 
 
 def _existing_file(value: str, base: Path, column: str) -> str:

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ops.errors import UsageError
-from ops.predicates import predicate_error
+from ops.predicates import SOURCE_LOCATION, predicate_error
 from ops.store import META_COLUMNS, MODELS_SCHEMA, SCHEMAS, TABLES, ModelsRow, WrittenModel, sql_list
 
 ANALYSIS_FOLDER = "analysis"
@@ -52,8 +52,8 @@ SCALAR_INDEXES = {
 value come back without a full scan."""
 
 VECTOR_INDEX = {"index_type": "IVF_FLAT", "metric": "cosine", "rows_per_partition": 8192}
-"""`filterdb index`: IVF over the filter weights by cosine distance (`ops.similarity`). IVF_PQ cannot
-compress 9-d vectors (recall@10 about 0.43); IVF_FLAT keeps the vectors exact."""
+"""`filterdb index`: IVF over the filter weights by cosine distance (`ops.similarity`). IVF_FLAT keeps
+the 9-d vectors exact (IVF_PQ would quantise them)."""
 
 SNAPSHOTS_SCHEMA = pa.schema([
     pa.field("snapshot", pa.int64(), nullable=False),
@@ -109,7 +109,17 @@ def _index_kind(type_url: str) -> str:
 
 
 def _one_line(error: Exception) -> str:
-    return re.sub(r",?\s*/\S+\.rs:\d+:\d+", "", str(error)).strip().splitlines()[0] if str(error) else type(error).__name__
+    return SOURCE_LOCATION.sub("", str(error)).strip().splitlines()[0] if str(error) else type(error).__name__
+
+
+def _complete_models(models: lance.LanceDataset | None) -> tuple[list[str], dict[str, int]]:
+    """The ids of the models with an ok row, and the layers and filters rows they account for (the
+    counts that, by the write order, the tables hold when no other rows are stored)."""
+    if models is None:
+        return [], {"layers": 0, "filters": 0}
+    ok = models.to_table(columns=["model_id", "n_filters_3x3", "n_conv_layers"], filter="status = 'ok'")
+    return ok.column("model_id").to_pylist(), {"filters": sum(v or 0 for v in ok.column("n_filters_3x3").to_pylist()),
+                                               "layers": sum(v or 0 for v in ok.column("n_conv_layers").to_pylist())}
 
 
 class FilterDB:
@@ -218,12 +228,8 @@ class FilterDB:
         if table not in ("layers", "filters"):
             return None
         if self._visible is None:
-            models, visible = self.dataset("models"), {}
-            ok = (models.to_table(columns=["model_id", "n_filters_3x3", "n_conv_layers"], filter="status = 'ok'")
-                  if models is not None else MODELS_SCHEMA.empty_table().select(["model_id", "n_filters_3x3", "n_conv_layers"]))
-            ids = ok.column("model_id").to_pylist()
-            expected = {"filters": sum(v or 0 for v in ok.column("n_filters_3x3").to_pylist()),
-                        "layers": sum(v or 0 for v in ok.column("n_conv_layers").to_pylist())}
+            ids, expected = _complete_models(self.dataset("models"))
+            visible = {}
             for name in ("layers", "filters"):
                 ds = self.dataset(name)
                 if ds is None or ds.count_rows() == expected[name]:
@@ -250,9 +256,10 @@ class FilterDB:
     def _check_columns(self, table: str, columns: list[str] | None) -> None:
         if columns is None:
             return
-        unknown = [c for c in columns if c not in self.columns(table) and c not in ("_distance", "_rowid")]
+        known = self.columns(table)
+        unknown = [c for c in columns if c not in known and c not in ("_distance", "_rowid")]
         if unknown:
-            raise UsageError(f"{table}: unknown column {', '.join(map(repr, unknown))}; the columns are: {', '.join(self.columns(table))}")
+            raise UsageError(f"{table}: unknown column {', '.join(map(repr, unknown))}; the columns are: {', '.join(known)}")
 
     def scanner(self, table: str, where: str | None = None, columns: list[str] | None = None, **options) -> lance.LanceScanner:
         """A Lance scanner over the visible rows, predicate and projection pushed into the scan; a bad
@@ -477,14 +484,8 @@ class FilterDB:
     def recover(self) -> list[str]:
         """Delete rows of models that have no `ok` models row; returns the ids removed."""
         self._writable()
-        models = self.latest_dataset("models")
-        complete = (models.to_table(columns=["model_id", "n_filters_3x3", "n_conv_layers"], filter="status = 'ok'")
-                    if models is not None else pa.table({"model_id": pa.array([], pa.string()),
-                                                          "n_filters_3x3": pa.array([], pa.int64()),
-                                                          "n_conv_layers": pa.array([], pa.int64())}))
-        expected = {"filters": sum(v or 0 for v in complete.column("n_filters_3x3").to_pylist()),
-                    "layers": sum(v or 0 for v in complete.column("n_conv_layers").to_pylist())}
-        ids = set(complete.column("model_id").to_pylist())
+        complete, expected = _complete_models(self.latest_dataset("models"))
+        ids = set(complete)
         removed: set[str] = set()
         for table in ("filters", "layers"):
             ds = self.latest_dataset(table)

@@ -41,8 +41,11 @@ def failed_row(entry: CatalogEntry, reason: str, **columns) -> ModelsRow:
     Values that do not fit the schema are left null and named in the error, so the row itself stores."""
     row = models_row(entry, status="failed", error=None, source_fingerprint=source_fingerprint(entry), **columns)
     misfits = schema_problems(row)
-    for name in misfits:
-        row.update(**{name: None})
+    for name in misfits:  # a schema column, or an extra catalog column (kept apart in row.extra)
+        if name in row.extra:
+            row.extra[name] = None
+        else:
+            row.update(**{name: None})
     reason += "".join(f"; {problem}" for problem in misfits.values() if problem not in reason)
     row.update(error=f"model {entry.model_id!r} ({entry.source} {entry.uri}): {reason}")
     return row

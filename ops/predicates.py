@@ -19,7 +19,7 @@ _UNKNOWN_COLUMN = (
     re.compile(r'Referenced column "([^"]+)" not found'),  # DuckDB
 )
 _SYNTAX = re.compile(r"(?:sql parser error: (.*?)\)?$|Parser Error: (.*))")
-_SOURCE_LOCATION = re.compile(r",?\s*/\S+\.rs:\d+:\d+")
+SOURCE_LOCATION = re.compile(r",?\s*/\S+\.rs:\d+:\d+")
 _PREFIXES = re.compile(r"^(?:(?:Invalid user input|Binder Error|Conversion Error|Catalog Error): )+")
 
 
@@ -29,7 +29,7 @@ class PredicateError(UsageError):
 
 def predicate_error(where: str, error: Exception, columns: Iterable[str], option: str = "--where") -> PredicateError:
     """The engine's `error` for `where` as one line naming the problem and what is allowed."""
-    message = _SOURCE_LOCATION.sub("", str(error)).strip()
+    message = SOURCE_LOCATION.sub("", str(error)).strip()
     for pattern in _UNKNOWN_COLUMN:
         found = pattern.search(message)
         if found:

@@ -7,6 +7,7 @@ the sampled rows' weights only). Ray-free.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
@@ -64,8 +65,8 @@ def db_summary(db: str) -> DBSummary:
     counts = {}
     for column in SUMMARY_COLUMNS:
         if column in ok.column_names:
-            values = [MISSING if v is None else str(v) for v in ok.column(column).to_pylist()]
-            counts[column] = sorted(((v, values.count(v)) for v in set(values)), key=lambda item: (-item[1], item[0]))
+            values = Counter(MISSING if v is None else str(v) for v in ok.column(column).to_pylist())
+            counts[column] = sorted(values.items(), key=lambda item: (-item[1], item[0]))
     failed = [(row["model_id"], row["error"] or "") for row in models.to_pylist() if row["status"] != "ok"]
     return DBSummary(store.root, versions, rows, ok.num_rows, counts, failed)
 
@@ -97,14 +98,14 @@ def stored_shift_result(db: str, axis: str, selection: str | None, version: int,
         return None  # written before the recipe was recorded: not comparable
     key = (f"axis = {_sql_string(axis)} AND selection = {_sql_string(selection or '')} AND db_version = {int(version)} "
            f"AND range_mode = {_sql_string(range_mode)} AND bins = {int(bins)}")
-    histograms, shifts = (store.read_analysis(name, where=key) for name in ("histograms", "shifts"))
+    histograms, shifts = (table.to_table(filter=key) for table in tables[1:])  # the datasets opened above
     if histograms.num_rows == 0:
         return None
     basis_selection = histograms.column("basis_selection")[0].as_py()
     stored = load_basis(store, basis_selection)
     rows = histograms.sort_by([("group", "ascending"), ("component", "ascending")]).to_pylist()
     groups = sorted({r["group"] for r in rows}, key=_depth_key if axis == DEPTH_AXIS else None)
-    counts = {g: np.zeros((N_COMPONENTS, len(rows[0]["counts"])), np.int64) for g in groups}
+    counts = {g: np.zeros((N_COMPONENTS, bins), np.int64) for g in groups}  # the rows read are those of `bins`
     lo, hi = np.zeros(N_COMPONENTS), np.zeros(N_COMPONENTS)
     for r in rows:
         counts[r["group"]][r["component"]] = r["counts"]
@@ -122,7 +123,7 @@ def stored_shift_result(db: str, axis: str, selection: str | None, version: int,
         sizes=np.array([counts[g][0].sum() for g in groups], np.int64),
         basis=stored.basis,
         value_range=CoefficientRange(stored.value_range.lo, stored.value_range.hi),
-        histograms=Histograms(lo, hi, len(rows[0]["counts"]), counts, range_mode),
+        histograms=Histograms(lo, hi, bins, counts, range_mode),
         kl=kl,
         kl_weighted=weighted,
         selection=selection,
@@ -175,16 +176,15 @@ def sample_filters(db: str, selection: str | None, version: int, axes: list[str]
                 codes, labels = axis.codes(picked)
                 _keep_smallest(chosen[name], codes, labels, keys, positions + start, per_group)
         start += batch.num_rows
-    uniform = uniform_positions
     per_axis = {name: {label: p for label, (_, p) in groups.items()} for name, groups in chosen.items()}
-    wanted = np.unique(np.concatenate([uniform, *[p for groups in per_axis.values() for p in groups.values()]]))
+    wanted = np.unique(np.concatenate([uniform_positions, *[p for groups in per_axis.values() for p in groups.values()]]))
     weights = weights_array(filters.take(pa.array(wanted), columns=["weights"]).column("weights")) if len(wanted) else np.empty((0, N_COMPONENTS), np.float32)
 
     def rows_of(positions: np.ndarray) -> np.ndarray:
         return weights[np.searchsorted(wanted, positions)]
 
     ordered = {name: {label: rows_of(np.sort(p)) for label, p in _ordered(name, groups).items()} for name, groups in per_axis.items()}
-    return FilterSample(rows_of(np.sort(uniform)), ordered, selected)
+    return FilterSample(rows_of(np.sort(uniform_positions)), ordered, selected)
 
 
 def _keep_smallest(chosen: dict, codes: np.ndarray, labels: list[str], keys: np.ndarray, positions: np.ndarray, k: int) -> None:

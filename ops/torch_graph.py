@@ -148,10 +148,12 @@ def module_convolutions(module: nn.Module, input_size: tuple[int, ...] | None, d
         except Exception as cpu_error:
             return _fallback(module, *notes, f"{GRAPH_PASS_FAILED} on cpu: forward pass on input {input_size} failed "
                                              f"({_reason(cpu_error)}); depth from order")
-    missing = {layer.name for layer in _fallback(module).layers} - {layer.name for layer in traced.layers}
+    declared = _fallback(module)
+    missing = {layer.name for layer in declared.layers} - {layer.name for layer in traced.layers}
     if missing:
-        return _fallback(module, *notes, f"{GRAPH_PASS_FAILED}: {len(missing)} convolution(s) did not run in the "
-                                         f"forward pass ({', '.join(sorted(missing)[:3])}); depth from order")
+        declared.notes.extend([*notes, f"{GRAPH_PASS_FAILED}: {len(missing)} convolution(s) did not run in the "
+                                       f"forward pass ({', '.join(sorted(missing)[:3])}); depth from order"])
+        return declared
     traced.notes.extend(notes)
     return traced
 

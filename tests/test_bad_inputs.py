@@ -240,6 +240,17 @@ def test_models_row_that_does_not_fit_the_schema_fails_that_model_before_anythin
     pa.Table.from_pylist([{n: result.row.get(n) for n in MODELS_SCHEMA.names}], schema=MODELS_SCHEMA)  # the failed row stores
 
 
+def test_extra_catalog_value_that_is_not_a_string_fails_that_model_with_a_storable_row(tmp_path):
+    from ops.extraction import extract_model
+
+    torch.save(small_model(6).state_dict(), tmp_path / "m.pt")
+    entry = CatalogEntry("m", "checkpoint", str(tmp_path / "m.pt"), extra={"lab": 5})  # not via a catalog: unchecked
+    result = extract_model(entry)
+    assert not result.ok and result.filters is None
+    assert "catalog column 'lab': 5 is not a string" in result.row["error"]
+    assert result.row.extra == {"lab": None}
+
+
 # --- quantized models --------------------------------------------------------------------------
 
 

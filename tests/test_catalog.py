@@ -134,6 +134,6 @@ def test_files_are_judged_by_content_the_source_to_use_named(tmp_path):
     assert "row 1: column 'uri'" in lines[0] and "looks like a torch.save checkpoint (state dict), not an ONNX model: use source 'checkpoint'" in lines[0]
     assert "row 2: column 'uri'" in lines[1] and "use source 'safetensors'" in lines[1]
     assert "row 3: column 'uri'" in lines[2] and "empty.pt is empty (0 bytes)" in lines[2]
+    torch.onnx.export(torch.nn.Conv2d(1, 2, 3), (torch.randn(1, 1, 8, 8),), tmp_path / "m.onnx", dynamo=False)
     with pytest.raises(CatalogError, match=r"row 1: column 'weights_file': .* looks like an ONNX model; weights_file takes a state dict"):
-        torch.onnx.export(torch.nn.Conv2d(1, 2, 3), (torch.randn(1, 1, 8, 8),), tmp_path / "m.onnx", dynamo=False)
         read_catalog(write(tmp_path / "w.csv", "model_id,source,uri,weights_file\na,timm,resnet18,m.onnx\n"))

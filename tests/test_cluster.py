@@ -178,8 +178,9 @@ def test_submit_runs_the_subcommand_as_python_m_flows_cli():
 def test_submit_refuses_what_is_not_a_job_in_one_line(command):
     from flows.jobs import entrypoint
 
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError) as error:
         entrypoint(command)
+    assert str(error.value) and "\n" not in str(error.value)
 
 
 def test_job_carries_the_project_code_and_with_pip_its_pins(tmp_path):

@@ -77,12 +77,14 @@ def synthetic_query_db(n_filters: int, cache: Path = DEFAULT_CACHE, seed: int = 
 
 
 def in_memory(db) -> dict:
-    """What numpy works on: the weights, model codes and depths of every filter, and the layers and
-    models as arrays."""
-    table = db.dataset("filters").to_table(columns=["model_id", "conv_depth_norm", "weights"])
+    """What numpy works on: the weights, model codes, depths and keys (model, layer, out, in) of every
+    filter, read in one scan, and the layers and models as arrays."""
+    keys = ["model_id", "layer_index", "out_index", "in_index"]
+    table = db.dataset("filters").to_table(columns=[*keys, "conv_depth_norm", "weights"])
     models = table.column("model_id").combine_chunks().dictionary_encode()
     return {"weights": weights_of(table.column("weights")).reshape(-1, 9), "model": models.indices.to_numpy(),
             "model_names": models.dictionary.to_pylist(), "depth": table.column("conv_depth_norm").to_numpy(),
+            "keys": [table.column(c).to_numpy(zero_copy_only=False) for c in keys],
             "layers": db.layers(columns=["model_id", "n_filters", "conv_depth_norm"]),
             "models": db.models(columns=["model_id", "family"])}
 
@@ -169,8 +171,7 @@ def nearest_figures(db, memory: dict, n_queries: int, n_exact: int, seed: int = 
         started = time.perf_counter()
         truth.append(brute_force(weights, norms, q, K))
         truth_ms.append((time.perf_counter() - started) * 1e3)
-    ids = db.dataset("filters").to_table(columns=["model_id", "layer_index", "out_index", "in_index"])
-    key_columns = [ids.column(c).to_numpy(zero_copy_only=False) for c in ids.column_names]
+    key_columns = memory["keys"]
     truth_keys = [{tuple(col[i] for col in key_columns) for i in rows} for rows in truth]
 
     table = FigureTable(f"nearest {K} filters by shape, {len(weights):,} filters ({n_queries} queries; exact scans {n_exact})",

@@ -53,7 +53,8 @@ def report_db(n_filters: int, cache: Path = DEFAULT_CACHE) -> Path:
                 parts = []
             current = key
             parts.append(weights[begin:end])
-            meta.setdefault(key[0], {name: batch.column(name)[int(begin)].as_py() for name in META_COLUMNS})
+            if key[0] not in meta:  # once per model, not per layer
+                meta[key[0]] = {name: batch.column(name)[int(begin)].as_py() for name in META_COLUMNS}
     if parts:
         metrics[current] = _layer_metrics(parts)
     for row in layers:

@@ -213,6 +213,17 @@ def study_recipe(uri: str, axes: list[str], bins: int = 70) -> dict[str, np.ndar
     return matrices
 
 
+def in_memory_rate(uri: str, axis: str, repeats: int = 2) -> float:
+    """Filters/s of the same aggregates (`ops.shifts.analyse`) on the weights and groups of `axis`
+    already in memory (best of `repeats`)."""
+    from ops.shifts import analyse, group_codes, weights_array
+
+    table = lance.dataset(uri).to_table(columns=["weights", axis])
+    weights = weights_array(table.column("weights"))
+    codes, labels = group_codes(table.column(axis))
+    return len(weights) / best_of(lambda: analyse(weights, codes, labels, axis=axis), repeats).seconds
+
+
 def run_shifts_benchmark(
     n_filters: int,
     by: str = "task",
@@ -227,8 +238,8 @@ def run_shifts_benchmark(
     one after the other on the same PCA). Every contender runs `repeats` times, best kept."""
     import ray
 
-    from flows.shifts import CACHE_SHARE, CACHED_BYTES_PER_FILTER, run_shift_axes
-    from ops.shifts import analyse, axis_names, group_codes, weights_array
+    from flows.shifts import CACHE_SHARE, kept_bytes, keeps_filters, run_shift_axes
+    from ops.shifts import axis_names
 
     axes = axis_names(by)
     db = synthetic_db(n_filters, cache)
@@ -242,7 +253,8 @@ def run_shifts_benchmark(
     figures["ray_start_s"] = best_of(lambda: ensure_ray(address)).seconds
     figures["object_store_bytes"] = ray.cluster_resources().get("object_store_memory", 0)
     figures["cache_share"] = CACHE_SHARE
-    figures["cache_fits"] = n_filters * CACHED_BYTES_PER_FILTER <= CACHE_SHARE * figures["object_store_bytes"]
+    figures["kept_bytes"] = kept_bytes(n_filters, len(axes))
+    figures["cache_fits"] = keeps_filters(n_filters, len(axes))  # the flow's own default
     figures["first_run_s"] = best_of(lambda: flow_run(reuse=False)).seconds
     flow_run(reuse=False, cache=not figures["cache_fits"])  # the other way of reading starts its own machinery in the workers (Ray Data's)
     workers = (None, *[w for w in workers if w is not None])  # the default flow is every ratio's baseline
@@ -259,11 +271,7 @@ def run_shifts_benchmark(
     figures["flow_stored_basis"] = n_filters / best_of(lambda: flow_run(), repeats).seconds
     figures["flow"] = figures[f"flow_{'cached' if figures['cache_fits'] else 'streamed'}_all"]  # the default
 
-    table = lance.dataset(uri).to_table(columns=["weights", axes[0]])
-    weights = weights_array(table.column("weights"))
-    codes, labels = group_codes(table.column(axes[0]))
-    figures["in_memory"] = n_filters / best_of(lambda: analyse(weights, codes, labels, axis=axes[0]), repeats).seconds
-    del table, weights, codes
+    figures["in_memory"] = in_memory_rate(uri, axes[0], repeats)  # its arrays freed before the study's run
 
     if n_filters <= study_max:
         with PeakMemory(children=True) as memory:
@@ -340,7 +348,7 @@ def shifts_table(figures: dict) -> FigureTable:
             table.add(what, {"filters_per_s": figures[key]})
     fits = "fit" if figures["cache_fits"] else "do not fit"
     table.notes.append(f"Ray start {figures['ray_start_s']:.1f} s; first run (workers starting) {figures['first_run_s']:.1f} s; "
-                       f"the scaled filters ({n * 40 / mib:,.0f} MiB) {fits} in {figures['cache_share']:.0%} of the object store ({figures['object_store_bytes'] / mib:,.0f} MiB): "
+                       f"the scaled filters ({figures['kept_bytes'] / mib:,.0f} MiB) {fits} in {figures['cache_share']:.0%} of the object store ({figures['object_store_bytes'] / mib:,.0f} MiB): "
                        f"by default the flow {'keeps them' if figures['cache_fits'] else 'reads once per step'}")
     for key in sorted(k for k in figures if k.endswith("_steps")):
         steps = ", ".join(f"{step} {seconds:.2f} s" for step, seconds in figures[key].items())

@@ -151,7 +151,8 @@ def analyse_demo_db(db: str) -> DemoFindings:
     """The study's two findings on the zoo, over the trained models: degenerated layers, and shifts by
     visual category and depth; the untrained models as a control group."""
     from flows.quality import LABELS, print_report, quality_report
-    from flows.shifts import print_shift_matrix, run_shifts
+    from flows.report import DEFAULT_AXES
+    from flows.shifts import print_shift_matrix, run_shift_axes
 
     findings = DemoFindings()
     trained = quality_report(db, TRAINED)
@@ -165,8 +166,10 @@ def analyse_demo_db(db: str) -> DemoFindings:
     findings.controls_random_looking = float(controls.layers["random_looking"].mean())
     print(f"control group ({findings.controls} untrained timm models, random weights): "
           f"{findings.controls_random_looking:.0%} of their {len(controls.layers)} 3x3 layers are random-looking")
+    # one pass for these axes and the report's, which then reads them back instead of computing them again
+    results = run_shift_axes(db, list(dict.fromkeys([*AXES, *DEFAULT_AXES])), where=TRAINED, progress=False)
     for axis in AXES:
-        result = run_shifts(db, axis, where=TRAINED, progress=False)
+        result = results[axis]
         print_shift_matrix(result)
         a, b = np.unravel_index(np.argmax(result.kl_weighted), result.kl_weighted.shape)
         findings.largest_shift[axis] = (result.groups[a], result.groups[b], float(result.kl_weighted[a, b]))
