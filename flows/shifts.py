@@ -13,7 +13,7 @@ driver as it arrives. A selection too large for the object store (CACHE_SHARE of
 filters.lance once per step instead: steps 2, 3 and 4 are each a `read_lance -> map_batches` whose
 batches are scaled as they come (step 1 inside each), and memory then does not depend on the number
 of filters (steps 2-4 read through `db.ray_dataset`). Either way, one adapter per aggregate (`_moments_of_block`, `_range_of_block`,
-`_histograms_of_block`) takes a block of either kind, batch by batch, through `ops.shifts.chunks_of`.
+`_histograms_of_block`) takes a block of either kind: kept `ScaledBlock`s, or Lance batches it scales.
 All steps read the same version of filters.lance, and the tables carry it as `db_version`.
 """
 
@@ -43,12 +43,11 @@ from ops.shifts import (
     CoefficientRange,
     Moments,
     ShiftInputError,
+    ScaledBlock,
     ShiftResult,
     check_groups,
-    chunks_of,
     groupings_of,
     load_basis,
-    scaled_block,
     scaled_block_and_moments,
     select_filters,
     stored_basis_for,
@@ -89,22 +88,30 @@ def keeps_filters(rows: int, n_axes: int = 1) -> bool:
 # --- per block: one adapter per aggregate, for a kept block and a block read from Lance alike --------
 
 
-def _over_batches(block: pa.Table, initial, of_batch):
-    """of_batch(batch) of every record batch of a block, merged: the batches as they came (from Lance,
-    or as step 1 scaled them), without concatenating."""
-    result = initial
+def _scaled_parts(block: pa.Table | list[ScaledBlock], axes: tuple[Axis, ...] = ()):
+    """The `ScaledBlock`s of a block: a kept block is a list of them; a block read from Lance is
+    scaled here, record batch by record batch (with the groups of `axes`), without concatenating."""
+    if isinstance(block, list):
+        yield from block
+        return
     for batch in block.to_batches():
         if batch.num_rows:
-            result = result.merge(of_batch(batch))
+            yield ScaledBlock.of(weights_array(batch.column("weights")), groupings_of(batch, axes))
+
+
+def _merged(parts, initial, of_part):
+    result = initial
+    for part in parts:
+        result = result.merge(of_part(part))
     return result
 
 
 def _read_and_scale(root: str, storage_options: dict | None, version: int, predicate: str | None, fragment_ids: list[int],
-                    columns: list[str], axes: tuple[Axis, ...], batch_rows: int) -> tuple[pa.Table, Moments]:
+                    columns: list[str], axes: tuple[Axis, ...], batch_rows: int) -> tuple[list[ScaledBlock], Moments]:
     """Steps 1 and 2 of a group of fragments, in one Ray task: the fragments read at the pinned
     version through the DB object (`predicate` with the visible-rows condition of `read_plan`),
-    scaled into the block the flow keeps (`ops.shifts.scaled_block`, with the group of every axis),
-    and that block's moments, taken batch by batch as it is scaled."""
+    scaled batch by batch into the `ScaledBlock`s the flow keeps (with the group of every axis), and
+    their moments, taken as they are scaled."""
     from ops.db import open_db
 
     filters = open_db(root, storage_options=storage_options, must_exist=False).dataset_at("filters", version)
@@ -115,25 +122,24 @@ def _read_and_scale(root: str, storage_options: dict | None, version: int, predi
             part, partial = scaled_block_and_moments(weights_array(batch.column("weights")), groupings_of(batch, axes))
             parts.append(part)
             moments = moments.merge(partial)
-    if not parts:  # the predicate left no row of these fragments
-        parts = [scaled_block(np.empty((0, N_COMPONENTS), np.float32), [([], [])] * len(axes))]
-    return pa.concat_tables(parts), moments
+    return parts, moments  # no parts where the predicate left no row of these fragments
 
 
-def _moments_of_block(block: pa.Table) -> Moments:
+def _moments_of_block(block: pa.Table | list[ScaledBlock]) -> Moments:
     """Step 2 of a block, kept or as read from Lance."""
-    return _over_batches(block, Moments(), lambda batch: Moments.of_chunks(chunks_of(batch)))
+    return _merged(_scaled_parts(block), Moments(), Moments.of_block)
 
 
-def _range_of_block(block: pa.Table, basis: Basis) -> CoefficientRange:
+def _range_of_block(block: pa.Table | list[ScaledBlock], basis: Basis) -> CoefficientRange:
     """Step 3 of a block, kept or as read from Lance."""
-    return _over_batches(block, CoefficientRange(), lambda batch: CoefficientRange.of_chunks(chunks_of(batch), basis))
+    return _merged(_scaled_parts(block), CoefficientRange(), lambda part: CoefficientRange.of_block(part, basis))
 
 
-def _histograms_of_block(block: pa.Table, axes: tuple[Axis, ...], basis: Basis, value_range: CoefficientRange, bins: int, range_mode: str) -> AxesHistograms:
+def _histograms_of_block(block: pa.Table | list[ScaledBlock], axes: tuple[Axis, ...], basis: Basis, value_range: CoefficientRange, bins: int,
+                         range_mode: str) -> AxesHistograms:
     """Step 4 of a block, kept or as read from Lance: the histograms of every axis in one pass."""
-    return _over_batches(block, AxesHistograms.empty(len(axes), value_range, bins, range_mode),
-                         lambda batch: AxesHistograms.of_chunks(chunks_of(batch), groupings_of(batch, axes), basis, value_range, bins, range_mode))
+    return _merged(_scaled_parts(block, axes), AxesHistograms.empty(len(axes), value_range, bins, range_mode),
+                   lambda part: AxesHistograms.of_block(part, basis, value_range, bins, range_mode))
 
 
 # --- folds: partial aggregates merged on the driver as they come -------------------------------------
@@ -143,8 +149,6 @@ def _histograms_of_block(block: pa.Table, axes: tuple[Axis, ...], basis: Basis, 
 def _block_task():
     import ray
 
-    # A kept block always has its columns (`_read_and_scale` gives fragments the predicate empties
-    # a block of no rows), and no rows add nothing to an aggregate.
     return ray.remote(num_cpus=1)(lambda block_fn, block, kwargs: block_fn(block, **kwargs))
 
 

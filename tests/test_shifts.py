@@ -3,6 +3,8 @@ math piece by piece, bad input (the study's recipe itself: tests/test_shifts_stu
 
 from __future__ import annotations
 
+import functools
+
 import lance
 import numpy as np
 import pyarrow as pa
@@ -521,34 +523,76 @@ def test_moments_taken_while_scaling_are_the_exact_integer_sums_of_the_block():
     q = np.rint((weights / peak).astype(np.float32).astype(np.float64) * 2**24).astype(np.int64)
     groups = [shifts.group_codes(pa.array(np.array(["x", "y"])[rng.integers(0, 2, 5000)]))]
     block, moments = shifts.scaled_block_and_moments(weights, groups)
-    assert block.equals(shifts.scaled_block(weights, groups))
-    np.testing.assert_array_equal(np.stack([block.column(c).to_numpy() for c in shifts.SCALED_COLUMNS], axis=1), q)
+    np.testing.assert_array_equal(block.q, shifts.ScaledBlock.of(weights, groups).q)
+    np.testing.assert_array_equal(block.q.T, q)
     assert moments.n == 5000
     assert moments.total.tolist() == q.sum(axis=0).tolist()
     assert moments.outer.tolist() == (q.T @ q).tolist()
 
 
-def test_a_scaled_block_gives_the_aggregates_of_its_weights():
-    # What the flow keeps in the object store: two batches whose group dictionaries differ.
+def test_moments_hold_sums_beyond_int64():
+    # 2^16 filters whose every q is 2^24: each sum of q_j q_k is 2^64, which no int64 holds.
+    weights = np.ones((1 << 16, 9), np.float32)
+    moments = shifts.Moments.of(weights)
+    assert moments.n == 1 << 16
+    assert moments.total.tolist() == [2**40] * 9
+    assert moments.outer.tolist() == [[2**64] * 9] * 9
+
+
+def test_scaling_rounds_half_to_even_like_numpy():
+    # q = w / peak * 2^24 with a fractional part of exactly one half (w / peak = k * 2^-25), and signs.
+    halves = np.array([1, 3, 5, -1, -3, 7, 0, 2, -5], np.float32) * np.float32(2.0**-25)
+    weights = np.stack([np.concatenate([[1.0], halves[:8]]), np.concatenate([[-1.0], halves[1:]])]).astype(np.float32)
+    expected = np.rint(weights.astype(np.float64) / np.abs(weights).max(axis=1, keepdims=True) * 2**24)
+    np.testing.assert_array_equal(shifts.scaled_q(weights).T, expected)
+    assert {0.0, 2.0, -2.0} <= set(expected.ravel())  # 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -1.5 -> -2
+
+
+def test_bin_counting_equals_the_numpy_formula_bit_for_bit():
+    # The compiled loop against the same formula in numpy: bin = clip((a @ q) * factor + shift, 0,
+    # bins - 1) truncated, a multiply then an add; several axes with other group counts, odd sizes.
+    rng = np.random.default_rng(11)
+    n = 3 * shifts.CHUNK_ROWS + 17
+    weights = synthetic_filters(rng, n, rng.uniform(-1, 1, n), rng.uniform(0, 1, n))
+    basis = shifts.Moments.of(weights).basis()
+    value_range = shifts.CoefficientRange.of(weights, basis)
+    groupings = [(rng.integers(0, 3, n), ["a", "b", "c"]), (rng.integers(0, 40, n), [f"m{g:02d}" for g in range(40)])]
+    for range_mode in ("global", "per-component"):
+        histograms = shifts.AxesHistograms.of_block(shifts.ScaledBlock.of(weights, groupings), basis, value_range, 70, range_mode)
+        lo, hi = value_range.edges(range_mode)
+        a, scale, offset = basis.integer_projection()
+        width = 70 / (hi - lo)
+        t = (a @ shifts.scaled_q(weights).astype(np.float64)) * (scale * width)[:, None]
+        t += (-(offset + lo) * width)[:, None]
+        index = np.clip(t, 0, 69).astype(np.int64)
+        for (codes, labels), axis in zip(groupings, histograms.axes):
+            for g, label in enumerate(labels):
+                expected = np.stack([np.bincount(index[k, codes == g], minlength=70) for k in range(9)])
+                np.testing.assert_array_equal(axis.counts[label], expected)
+        # the ends: the extreme coefficients fall in the first and last bins
+        assert histograms.axes[0].counts["a"][:, 0].sum() + histograms.axes[0].counts["b"][:, 0].sum() + histograms.axes[0].counts["c"][:, 0].sum() > 0
+
+
+def test_kept_parts_give_the_aggregates_of_all_their_weights():
+    # What the flow keeps in the object store: parts whose group labels differ (and an empty one).
     rng = np.random.default_rng(5)
     weights = synthetic_filters(rng, 30000, rng.uniform(-1, 1, 30000), rng.uniform(0, 1, 30000))
     labels = np.array(["b", "a", "c"])[rng.integers(0, 3, 30000)]
-    first, second = slice(0, 12000), slice(12000, 30000)
-    parts = [shifts.scaled_block(weights[s], [shifts.group_codes(pa.array(labels[s]))]) for s in (first, second)]
-    block = pa.concat_tables([parts[0], parts[1].slice(0, 0), parts[1]])
+    labels[:12000][labels[:12000] == "c"] = "a"  # the first part has no "c"
+    parts = [shifts.ScaledBlock.of(weights[s], [shifts.group_codes(pa.array(labels[s]))]) for s in (slice(0, 12000), slice(12000, 12000), slice(12000, 30000))]
+    assert parts[0].labels == [["a", "b"]] and len(parts[1]) == 0
+    np.testing.assert_array_equal(np.array(parts[2].labels[0])[parts[2].codes[0]], labels[12000:])
 
-    codes, names = shifts.block_groups(block)
-    np.testing.assert_array_equal(np.array(names)[codes], labels)
-    moments = shifts.Moments.of_chunks(shifts.block_chunks(block))
-    reference = shifts.Moments.of(weights)  # other chunks: the block's start at 0 and 12000
+    moments = functools.reduce(shifts.Moments.merge, map(shifts.Moments.of_block, parts))
+    reference = shifts.Moments.of(weights)
     assert moments.n == 30000
     np.testing.assert_array_equal(moments.total, reference.total)
     np.testing.assert_array_equal(moments.outer, reference.outer)
     basis = moments.basis()
-    value_range = shifts.CoefficientRange.of_chunks(shifts.block_chunks(block), basis)
+    value_range = functools.reduce(shifts.CoefficientRange.merge, (shifts.CoefficientRange.of_block(p, basis) for p in parts))
     np.testing.assert_array_equal(value_range.lo, shifts.CoefficientRange.of(weights, basis).lo)
     np.testing.assert_array_equal(value_range.hi, shifts.CoefficientRange.of(weights, basis).hi)
-    histograms = shifts.Histograms.of_chunks(shifts.block_chunks(block), codes, names, basis, value_range)
+    histograms = functools.reduce(shifts.AxesHistograms.merge, (shifts.AxesHistograms.of_block(p, basis, value_range) for p in parts)).axes[0]
     reference = shifts.Histograms.of(weights, *shifts.group_codes(pa.array(labels)), basis, value_range)
     assert set(histograms.counts) == {"a", "b", "c"}
     for label, counts in reference.counts.items():

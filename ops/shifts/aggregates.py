@@ -1,8 +1,8 @@
 """The mergeable aggregates of the shift analysis (steps 1-4 of `ops.shifts`): small values with a
 `merge`, computed per block and folded in any order on any number of workers.
 
-    step 1  peak scaling  `scaled_chunks` (weights as read), `scaled_block` / `block_chunks` (kept;
-                          `scaled_block_and_moments`: with step 2 of the same filters)
+    step 1  peak scaling  `ScaledBlock`: the peak-scaled filters of a block and the group of each along
+                          every axis (`ScaledBlock.of`; `scaled_block_and_moments`: with step 2)
     step 2  Moments          count, sum and sum of outer products of the scaled filters -> Basis
     step 3  CoefficientRange min / max of every component's coefficient over the selection; the bins
                              span one range for all components (the study's) or each one's own
@@ -10,25 +10,20 @@
             AxesHistograms   those of several axes, counted in the same pass
 
 The same classes serve the single-process path (`ops.shifts.analyse`) and the Ray flow
-(flows/shifts.py); `chunks_of` hands them the chunks of either kind of block.
+(flows/shifts.py), which keeps `ScaledBlock`s in Ray's object store between the steps, or makes one of
+every batch it reads when it reads once per step.
 
 Exactness: results are identical, bit for bit, however the rows are split into blocks, batches and
-chunks and in whatever order partials merge, on any BLAS and thread count, because every sum taken
-is of integers whose partial sums stay below 2^53, which float64 holds exactly, so any order, tiling
-or FMA gives the same value: a peak-scaled value x is held as q = round(x * 2^24) (at most 3e-8 from
-x, and nothing for |x| >= 1/2, where float32's own step is 2^-24); moments are two float64 products
-a chunk of q split into 12-bit halves, the projection is q times the components rounded to integers
-over 2^25, and chunks add up in int64 and Python integers. Counts and min / max merge exactly, and
-the rest (covariance, basis, bin edges, KL) is computed once on the driver from these exact values.
+chunks and in whatever order partials merge, because every sum taken is of integers held exactly: a
+peak-scaled value x is held as q = round(x * 2^24) (at most 3e-8 from x, and nothing for |x| >= 1/2,
+where float32's own step is 2^-24); the moments are int64 sums of q and of q_j q_k (below 2^62 a chunk,
+then split in two int64 parts, then joined as Python integers); a coefficient is q times the components
+rounded to integers over 2^25, an integer below 2^53 whatever order float64 sums it in. Counts and
+min / max merge exactly, and the rest (covariance, basis, bin edges, KL) is computed once on the driver
+from these exact values.
 
-Hot path: the weights are worked on in chunks of `CHUNK_ROWS` rows that stay in cache, in reused
-buffers, transposed to (9, rows) so that every step runs over contiguous rows: transpose, |w|, peak
-as eight `np.maximum` of rows (a row-wise `max(axis=1)` on (n, 9) is several times slower), divide,
-round to q, copy to float64; a kept block's q is read into float64 chunks; moments are the split of
-q and two float64 products, the range one float64 matmul and a min/max per row, and the histograms
-that matmul, a multiply and an add to the bin position, a clip, a cast to int32 and, per axis, one
-`np.bincount` over a flat (component, group, bin) index spanning the chunk's groups (most of the
-histograms' cost). `filterdb bench shifts --steps` prints the CPU nanoseconds per filter of each.
+Hot path: compiled loops (`ops.shifts.kernels`, numba), one pass over a block's rows each: scaling,
+moments, range, bin counting. `filterdb bench shifts --steps` prints the CPU nanoseconds per filter of each.
 """
 
 from __future__ import annotations
@@ -39,6 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from ops.shifts import kernels
+
 N_COMPONENTS = 9
 DEFAULT_BINS = 70
 GLOBAL_RANGE = "global"
@@ -46,15 +43,12 @@ GLOBAL_RANGE = "global"
 PER_COMPONENT_RANGE = "per-component"
 """Each component binned over its own min and max (finer bins for the low-variance components)."""
 RANGE_MODES = (GLOBAL_RANGE, PER_COMPONENT_RANGE)
-CHUNK_ROWS = 8192
+CHUNK_ROWS = kernels.CHUNK
+"""Rows the kernels take at a time (moments' int64 sums, bin indices in cache)."""
 SCALE_BITS = 24
 SCALE = float(2**SCALE_BITS)
 """Peak-scaled values are held as integers q = x * 2^24 (|q| <= 2^24): a sum of their products is exact."""
 QUANTUM = 1 / SCALE
-SPLIT = float(2**12)
-"""Moments split q = hi * 2^12 + lo (|hi| <= 2^12, |lo| <= 2^11) so that products of a chunk sum exactly."""
-INT64_CHUNKS = 1 << 13
-"""Chunks whose moments int64 adds exactly (each below 2^49) before they go into Python integers."""
 COMPONENT_SCALE = float(2**25)
 """The projection multiplies q by the components as integers round(c * 2^25), |c| <= 1."""
 
@@ -70,126 +64,73 @@ def weights_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return values.reshape(-1, N_COMPONENTS)
 
 
+def scaled_q(weights: np.ndarray) -> np.ndarray:
+    """(9, n) float32: the integers q = round(w / max |w| * 2^24) of the (n, 9) weights, the division in
+    float32, an all-zero filter divided by 1. Weights are finite (extraction refuses others)."""
+    weights = np.ascontiguousarray(weights, np.float32)
+    q = _block_buffer(len(weights))
+    kernels.scale_into(weights, q, 0)
+    return q[:, : len(weights)]
+
+
 def peak_scaled(weights: np.ndarray) -> np.ndarray:
-    """Every filter divided by its own absolute peak max |w| (step 1), as the aggregates
-    see it: rounded to a multiple of 2^-24 (float32, exact); an all-zero filter keeps divisor 1."""
-    out = np.empty_like(weights, dtype=np.float32)
-    for rows, q in scaled_chunks(weights):
-        out[rows] = q.T * QUANTUM
-    return out
-
-
-def scaled_chunks(weights: np.ndarray, out: np.ndarray | None = None):
-    """Yield (rows, q): the peak-scaled filters of consecutive chunks of (n, 9) weights as integers
-    q = round(w / max |w| * 2^24) (the division in float32), transposed to (9, rows) float64; with
-    `out` ((9, n) float32), q is written there too (exactly: |q| <= 2^24).
-
-    q lives in a buffer reused for the next chunk (fresh arrays of this size cost a page fault per
-    page on every chunk); use it before asking for the next one. Weights are finite (extraction
-    refuses others)."""
-    size = max(1, min(CHUNK_ROWS, len(weights)))
-    buffer, scaled = np.empty((N_COMPONENTS, size)), np.empty((N_COMPONENTS, size), np.float32)
-    work = _ScalingBuffers(size)
-    for start in range(0, len(weights), size):
-        chunk = weights[start : start + size]
-        rows = slice(start, start + len(chunk))
-        x = scaled[:, : len(chunk)] if out is None else out[:, rows]
-        work.scale(chunk, x)
-        q = buffer[:, : len(chunk)]
-        np.copyto(q, x)
-        yield rows, q
-
-
-class _ScalingBuffers:
-    """The work buffers of peak scaling, reused chunk after chunk."""
-
-    def __init__(self, size: int):
-        self.magnitude, self.divisor = np.empty((N_COMPONENTS, size), np.float32), np.empty(size, np.float32)
-
-    def scale(self, chunk: np.ndarray, x: np.ndarray) -> None:
-        """x ((9, rows) float32) = the integers q of the (rows, 9) float32 weights `chunk`, exactly
-        (|q| <= 2^24): transpose, |w|, peak as eight `np.maximum` of rows, divide, scale by 2^24, round."""
-        a, p = self.magnitude[:, : len(chunk)], self.divisor[: len(chunk)]
-        np.copyto(x, chunk.T)
-        np.abs(x, out=a)
-        np.maximum(a[0], a[1], out=p)
-        for j in range(2, N_COMPONENTS):
-            np.maximum(p, a[j], out=p)
-        p[p == 0] = 1
-        x /= p
-        x *= SCALE  # exact: a power of two, |x| <= 1
-        np.rint(x, out=x)
-
-
-# --- step 1, kept: the block of filters read and scaled once, as the flow keeps it --------------
-
-SCALED_COLUMNS = [f"q{k}" for k in range(N_COMPONENTS)]
-GROUP_COLUMN = "group"
-"""Prefix of a scaled block's group columns: `group0`, `group1`, ..., one per axis."""
-
-
-def scaled_block(weights: np.ndarray, groupings: list[tuple[np.ndarray, list[str]]]) -> pa.Table:
-    """Peak-scaled filters as nine float32 columns of the integers q of `scaled_chunks` (exact; so
-    that a chunk of each is contiguous) and, per axis, the group as a dictionary column (`groupings`:
-    (codes, labels) of every axis): what the Ray flow keeps in the object store so that steps 2-4
-    read and scale the filters once."""
-    q = _block_buffer(len(weights))
-    work = _ScalingBuffers(max(1, min(CHUNK_ROWS, len(weights))))
-    for start in range(0, len(weights), CHUNK_ROWS):
-        chunk = weights[start : start + CHUNK_ROWS]
-        work.scale(chunk, q[:, start : start + len(chunk)])  # straight into the block: no float64 copy
-    return _block_table(q, groupings)
-
-
-def scaled_block_and_moments(weights: np.ndarray, groupings: list[tuple[np.ndarray, list[str]]]) -> tuple[pa.Table, Moments]:
-    """`scaled_block` and the `Moments` of its filters (step 2), each chunk taken while it is in
-    cache: the same values as `Moments.of_chunks(block_chunks(block))`, without reading the block again."""
-    q = _block_buffer(len(weights))
-    moments = Moments.of_chunks(scaled_chunks(weights, out=q))
-    return _block_table(q, groupings), moments
+    """Every filter divided by its own absolute peak max |w| (step 1), as the aggregates see it:
+    rounded to a multiple of 2^-24, (n, 9) float32 (exact)."""
+    return (scaled_q(weights) * np.float32(QUANTUM)).T.copy()
 
 
 def _block_buffer(n: int) -> np.ndarray:
-    # Memory from Arrow's pool, which keeps freed pages: a fresh numpy array of this size pays a page
-    # fault per page, which doubles the cost of this step.
-    return np.frombuffer(pa.allocate_buffer(n * N_COMPONENTS * 4), np.float32).reshape(N_COMPONENTS, n)
+    """(9, padded_length(n)) float32 for n filters (rows padded: kernels.PADDED_CHUNK says why), from
+    Arrow's pool, which keeps freed pages: a fresh numpy array of this size pays a page fault per page."""
+    length = kernels.padded_length(n)
+    return np.frombuffer(pa.allocate_buffer(length * N_COMPONENTS * 4), np.float32).reshape(N_COMPONENTS, length)
 
 
-def _block_table(q: np.ndarray, groupings: list[tuple[np.ndarray, list[str]]]) -> pa.Table:
-    groups = [pa.DictionaryArray.from_arrays(pa.array(np.asarray(codes, np.int32), pa.int32()), pa.array(labels, pa.string())) for codes, labels in groupings]
-    return pa.table([*q, *groups], names=[*SCALED_COLUMNS, *(f"{GROUP_COLUMN}{i}" for i in range(len(groups)))])
+@dataclass
+class ScaledBlock:
+    """Filters read and peak-scaled once: `rows` (9, at least n) float32, whose first n columns are the
+    integers q of `scaled_q` (padded rows, see `_block_buffer`); `codes` (axes, n) int32, the group of
+    every row along every axis, an index into that axis' `labels` (no label twice). What the Ray flow
+    keeps in the object store between steps 2, 3 and 4 (about 40 bytes a filter for one axis, 4 more
+    for each further axis; numpy arrays, which Ray passes without copying)."""
+
+    rows: np.ndarray
+    codes: np.ndarray
+    labels: list[list[str]]
+
+    @property
+    def q(self) -> np.ndarray:
+        """(9, n) float32: the integers q of the block's filters."""
+        return self.rows[:, : len(self)]
+
+    @classmethod
+    def of(cls, weights: np.ndarray, groupings: list[tuple[np.ndarray, list[str]]]) -> ScaledBlock:
+        """Of (n, 9) weights and the (codes, labels) of every axis for the same rows."""
+        weights = np.ascontiguousarray(weights, np.float32)
+        rows = _block_buffer(len(weights))
+        kernels.scale_into(weights, rows, 0)
+        return cls._with(rows, len(weights), groupings)
+
+    @classmethod
+    def _with(cls, rows: np.ndarray, n: int, groupings: list[tuple[np.ndarray, list[str]]]) -> ScaledBlock:
+        codes = np.empty((len(groupings), n), np.int32)
+        labels = []
+        for x, (axis_codes, axis_labels) in enumerate(groupings):
+            unique, codes[x] = _unique_labels(axis_codes, axis_labels)
+            labels.append(unique)
+        return cls(rows, codes, labels)
+
+    def __len__(self) -> int:
+        return self.codes.shape[1]
 
 
-def block_groups(block: pa.Table | pa.RecordBatch, axis_index: int = 0) -> tuple[np.ndarray, list[str]]:
-    """Codes and labels of a scaled block's group column of the axis `axis_index`."""
-    group = block.column(f"{GROUP_COLUMN}{axis_index}")
-    if isinstance(group, pa.ChunkedArray):
-        group = group.unify_dictionaries().combine_chunks()
-    return group.indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False), group.dictionary.to_pylist()
-
-
-def block_chunks(block: pa.Table | pa.RecordBatch):
-    """Yield (rows, q) like `scaled_chunks`, from a scaled block (no scaling left to do)."""
-    buffer = np.empty((N_COMPONENTS, CHUNK_ROWS))
-    offset = 0
-    for batch in block.to_batches() if isinstance(block, pa.Table) else [block]:
-        columns = [batch.column(name).to_numpy() for name in SCALED_COLUMNS]
-        for start in range(0, batch.num_rows, CHUNK_ROWS):
-            q = buffer[:, : min(CHUNK_ROWS, batch.num_rows - start)]
-            for k, column in enumerate(columns):
-                q[k] = column[start : start + q.shape[1]]
-            yield slice(offset + start, offset + start + q.shape[1]), q
-        offset += batch.num_rows
-
-
-def chunks_of(batch: pa.RecordBatch):
-    """The (rows, q) chunks the aggregates take, from a batch of either kind of block: as read from
-    filters.lance (its `weights` column, peak-scaled here by `scaled_chunks`) or of a scaled block
-    (its q columns, by `block_chunks`). Neither copies the batch: each chunk is written into a buffer
-    reused for the next."""
-    if "weights" in batch.schema.names:
-        return scaled_chunks(weights_array(batch.column("weights")))
-    return block_chunks(batch)
+def scaled_block_and_moments(weights: np.ndarray, groupings: list[tuple[np.ndarray, list[str]]]) -> tuple[ScaledBlock, Moments]:
+    """`ScaledBlock.of` and the `Moments` of its filters (step 2), each chunk's moments taken right
+    after it is scaled, while it is in cache: the same values as `Moments.of_block(block)`."""
+    weights = np.ascontiguousarray(weights, np.float32)
+    q, sums = _block_buffer(len(weights)), np.zeros((2, kernels.N_MOMENTS), np.int64)
+    kernels.scale_and_moments(weights, q, sums)
+    return ScaledBlock._with(q, len(weights), groupings), Moments._of_sums(len(weights), sums)
 
 
 # --- step 2: moments -> basis --------------------------------------------------------------------
@@ -219,15 +160,12 @@ class Basis:
         """(n, 9) coefficients of the peak-scaled filters on the basis (float32), as the range and the
         histograms compute them."""
         a, scale, offset = self.integer_projection()
-        out = np.empty((len(weights), N_COMPONENTS), np.float32)
-        for rows, q in scaled_chunks(weights):
-            out[rows] = ((a @ q) * scale - offset[:, None]).T
-        return out
+        return ((a @ scaled_q(weights).astype(np.float64)) * scale - offset[:, None]).T.astype(np.float32)  # a @ q exact: any BLAS
 
 
 @dataclass
 class Moments:
-    """Count, sum and sum of outer products of the integers q of peak-scaled filters (`scaled_chunks`),
+    """Count, sum and sum of outer products of the integers q of peak-scaled filters (`scaled_q`),
     exact: `total` and `outer` hold Python integers (in units of 2^-24 and 2^-48)."""
 
     n: int = 0
@@ -236,32 +174,26 @@ class Moments:
 
     @classmethod
     def of(cls, weights: np.ndarray) -> Moments:
-        return cls.of_chunks(scaled_chunks(weights))
+        return scaled_block_and_moments(weights, [])[1]
 
     @classmethod
-    def of_chunks(cls, chunks) -> Moments:
-        """Of the (rows, q) chunks of `chunks_of` (or of `scaled_chunks` / `block_chunks`).
+    def of_block(cls, block: ScaledBlock) -> Moments:
+        sums = np.zeros((2, kernels.N_MOMENTS), np.int64)
+        kernels.moment_sums(block.rows, 0, len(block), sums)
+        return cls._of_sums(len(block), sums)
 
-        With q = hi * 2^12 + lo (|hi| <= 2^12, |lo| <= 2^11), q q^T = 2^12 hi q^T + lo q^T: two float64
-        products a chunk, (hi, 1) @ q^T and (lo / 2^12) @ q^T, exact whatever order or kernel BLAS sums
-        them in: every partial sum is an integer below CHUNK_ROWS * 2^36 = 2^49, or a multiple of 2^-12
-        below 2^36, within float64's 53 bits. int64 adds up INT64_CHUNKS of them exactly, Python
-        integers the rest."""
-        result = cls()
-        high, low = np.ones((N_COMPONENTS + 1, CHUNK_ROWS)), np.empty((N_COMPONENTS, CHUNK_ROWS))
-        by_high, by_low = np.zeros((N_COMPONENTS + 1, N_COMPONENTS), np.int64), np.zeros((N_COMPONENTS, N_COMPONENTS), np.int64)
-        for i, (_, q) in enumerate(chunks, start=1):
-            hi, lo = high[:N_COMPONENTS, : q.shape[1]], low[:, : q.shape[1]]
-            np.multiply(q, 1 / SPLIT, out=lo)
-            np.rint(lo, out=hi)
-            lo -= hi  # lo / 2^12, exactly
-            by_high += (high[:, : q.shape[1]] @ q.T).astype(np.int64)  # sum of hi q^T, and (last row) of q
-            by_low += (lo @ q.T * SPLIT).astype(np.int64)  # sum of lo q^T
-            result.n += q.shape[1]
-            if i % INT64_CHUNKS == 0:
-                result = result.merge(_held_moments(by_high, by_low))
-                by_high[:], by_low[:] = 0, 0
-        return result.merge(_held_moments(by_high, by_low))
+    @classmethod
+    def _of_sums(cls, n: int, sums: np.ndarray) -> Moments:
+        """Of the kernel's sums in two int64 parts (kernels.moment_sums), joined as Python integers."""
+        joined = [(int(high) << kernels.HALF_BITS) + int(low) for high, low in zip(sums[0].tolist(), sums[1].tolist())]
+        total = np.array(joined[:N_COMPONENTS], object)
+        outer = np.zeros((N_COMPONENTS, N_COMPONENTS), object)
+        e = N_COMPONENTS
+        for j in range(N_COMPONENTS):
+            for k in range(j, N_COMPONENTS):
+                outer[j, k] = outer[k, j] = joined[e]
+                e += 1
+        return cls(n, total, outer)
 
     def merge(self, other: Moments) -> Moments:
         return Moments(self.n + other.n, self.total + other.total, self.outer + other.outer)
@@ -289,12 +221,6 @@ class Moments:
         )
 
 
-def _held_moments(by_high: np.ndarray, by_low: np.ndarray) -> Moments:
-    """The sums of q and q q^T (count left at 0) from int64 sums of (hi, 1) q^T and lo q^T."""
-    by_high, by_low = by_high.astype(object), by_low.astype(object)
-    return Moments(0, by_high[-1].copy(), by_high[:-1] * int(SPLIT) + by_low)
-
-
 # --- step 3: global range --------------------------------------------------------------------------
 
 
@@ -308,19 +234,17 @@ class CoefficientRange:
 
     @classmethod
     def of(cls, weights: np.ndarray, basis: Basis) -> CoefficientRange:
-        return cls.of_chunks(scaled_chunks(weights), basis)
+        return cls.of_block(ScaledBlock.of(weights, []), basis)
 
     @classmethod
-    def of_chunks(cls, chunks, basis: Basis) -> CoefficientRange:
+    def of_block(cls, block: ScaledBlock, basis: Basis) -> CoefficientRange:
+        if not len(block):
+            return cls()
         a, scale, offset = basis.integer_projection()
-        lo, hi = np.full(N_COMPONENTS, np.inf), np.full(N_COMPONENTS, -np.inf)
-        buffer = np.empty((N_COMPONENTS, CHUNK_ROWS))
-        for _, q in chunks:
-            c = np.matmul(a, q, out=buffer[:, : q.shape[1]])  # exact integers: |a @ q| <= 9 * 2^49 < 2^53
-            np.minimum(lo, c.min(axis=1), out=lo)
-            np.maximum(hi, c.max(axis=1), out=hi)
+        lo, hi = np.full(N_COMPONENTS, np.iinfo(np.int64).max), np.full(N_COMPONENTS, np.iinfo(np.int64).min)
+        kernels.integer_range(block.rows, 0, len(block), _rows(a), lo, hi)  # exact integers: |a @ q| <= 9 * 2^49 < 2^53
         # scaling and subtracting a constant are monotone: they commute with min and max
-        return cls(lo * scale - offset, hi * scale - offset)
+        return cls(lo.astype(np.float64) * scale - offset, hi.astype(np.float64) * scale - offset)
 
     def merge(self, other: CoefficientRange) -> CoefficientRange:
         return CoefficientRange(np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi))
@@ -375,12 +299,7 @@ class Histograms:
         range_mode: str = GLOBAL_RANGE,
     ) -> Histograms:
         """Histograms of the filters `weights` whose group is `labels[codes[i]]` (labels may repeat)."""
-        return cls.of_chunks(scaled_chunks(weights), codes, labels, basis, value_range, bins, range_mode)
-
-    @classmethod
-    def of_chunks(cls, chunks, codes: np.ndarray, labels: list[str], basis: Basis, value_range: CoefficientRange,
-                  bins: int = DEFAULT_BINS, range_mode: str = GLOBAL_RANGE) -> Histograms:
-        return AxesHistograms.of_chunks(chunks, [(codes, labels)], basis, value_range, bins, range_mode).axes[0]
+        return AxesHistograms.of_block(ScaledBlock.of(weights, [(codes, labels)]), basis, value_range, bins, range_mode).axes[0]
 
     def merge(self, other: Histograms) -> Histograms:
         if self.bins != other.bins or not (np.array_equal(self.lo, other.lo) and np.array_equal(self.hi, other.hi)):
@@ -403,43 +322,24 @@ class AxesHistograms:
         return cls(tuple(Histograms.empty(value_range, bins, range_mode) for _ in range(n_axes)))
 
     @classmethod
-    def of_chunks(cls, chunks, groupings: list[tuple[np.ndarray, list[str]]], basis: Basis, value_range: CoefficientRange,
-                  bins: int = DEFAULT_BINS, range_mode: str = GLOBAL_RANGE) -> AxesHistograms:
-        """Of the (rows, q) chunks of `chunks_of`; `groupings` holds (codes, labels) of every axis for
-        the same rows."""
-        result = cls.empty(len(groupings), value_range, bins, range_mode)
+    def of_block(cls, block: ScaledBlock, basis: Basis, value_range: CoefficientRange, bins: int = DEFAULT_BINS,
+                 range_mode: str = GLOBAL_RANGE) -> AxesHistograms:
+        """The histograms of every axis of the block (its `codes` and `labels`), over the same bins."""
+        result = cls.empty(len(block.labels), value_range, bins, range_mode)
+        if not len(block):
+            return result
         lo, hi = result.axes[0].lo, result.axes[0].hi
-        groupings = [_unique_labels(codes, labels) for codes, labels in groupings]
         # bin = (coefficient - lo) * bins / (hi - lo) = (a @ q) * factor + shift, with a @ q exact.
         a, scale, offset = basis.integer_projection()
         width = bins / (hi - lo)
-        factor, shift = (scale * width)[:, None], (-(offset + lo) * width)[:, None]
-        counts = [np.zeros((N_COMPONENTS, len(unique), bins), np.int64) for unique, _ in groupings]
-        component_offset = (np.arange(N_COMPONENTS, dtype=np.int32) * bins)[:, None]
-        # Bin indices as int32: numpy casts float64 to int32 several times faster than to intp.
-        position, index_buffer = np.empty((N_COMPONENTS, CHUNK_ROWS)), np.empty((N_COMPONENTS, CHUNK_ROWS), np.int32)
-        flat_buffer = np.empty((N_COMPONENTS, CHUNK_ROWS), np.int32)
-        for rows, q in chunks:
-            t = np.matmul(a, q, out=position[:, : q.shape[1]])
-            t *= factor
-            t += shift
-            np.clip(t, 0, bins - 1, out=t)
-            index = index_buffer[:, : q.shape[1]]
-            np.copyto(index, t, casting="unsafe")  # truncation: floor for t >= 0
-            for (_, codes), axis_counts in zip(groupings, counts):
-                # One bincount over a flat (component, group, bin) index spanning only the chunk's
-                # groups: rows come sorted by model, so a chunk mostly holds one group, and a bincount
-                # as long as all groups x bins would cost more than the chunk itself on axes like model_id.
-                group = codes[rows]
-                first, last = int(group.min()), int(group.max())
-                span = last - first + 1
-                flat = flat_buffer[:, : q.shape[1]]
-                np.add(index, component_offset * np.int32(span), out=flat)
-                if span > 1:
-                    flat += ((group - first) * bins).astype(np.int32)
-                axis_counts[:, first : last + 1] += np.bincount(flat.ravel(), minlength=N_COMPONENTS * span * bins).reshape(N_COMPONENTS, span, bins)
-        for histograms, (unique, _), axis_counts in zip(result.axes, groupings, counts):
-            histograms.counts = {label: axis_counts[:, g].copy() for g, label in enumerate(unique) if axis_counts[0, g].any()}
+        factor, shift = scale * width, -(offset + lo) * width
+        sizes = [len(labels) * N_COMPONENTS * bins for labels in block.labels]
+        offsets = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
+        counts = np.zeros(sum(sizes), np.int64)
+        kernels.count_bins(block.rows, 0, len(block), _rows(a), _values(factor), _values(shift), bins, block.codes, offsets, counts)
+        for histograms, labels, start, size in zip(result.axes, block.labels, offsets, sizes):
+            axis_counts = counts[start : start + size].reshape(len(labels), N_COMPONENTS, bins)
+            histograms.counts = {label: axis_counts[g].copy() for g, label in enumerate(labels) if axis_counts[g, 0].any()}
         return result
 
     def merge(self, other: AxesHistograms) -> AxesHistograms:
@@ -450,7 +350,16 @@ def _unique_labels(codes: np.ndarray, labels: list[str]) -> tuple[list[str], np.
     """Labels without repeats and the codes re-pointed at them."""
     unique = sorted(set(labels))
     if len(unique) == len(labels) and unique == list(labels):
-        return unique, np.asarray(codes, np.intp)
+        return unique, codes
     position = {label: i for i, label in enumerate(unique)}
-    remap = np.array([position[label] for label in labels], np.intp)
+    remap = np.array([position[label] for label in labels], np.int32)
     return unique, remap[codes]
+
+
+def _values(vector: np.ndarray) -> tuple:
+    """A float64 vector as a tuple, which the kernels hold in registers."""
+    return tuple(float(v) for v in vector)
+
+
+def _rows(matrix: np.ndarray) -> tuple:
+    return tuple(_values(row) for row in matrix)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.special import ndtr
 
-from ops.shifts.aggregates import DEFAULT_BINS, GLOBAL_RANGE, N_COMPONENTS, Basis, CoefficientRange, Histograms, Moments
+from ops.shifts.aggregates import DEFAULT_BINS, GLOBAL_RANGE, N_COMPONENTS, AxesHistograms, Basis, CoefficientRange, Histograms, Moments, ScaledBlock
 
 EPSILON = float(np.finfo(np.float32).eps)
 """Density given to empty bins before a histogram is renormalised (the study's floor)."""
@@ -184,17 +184,17 @@ def analyse(
     """The whole analysis (steps 1-5) of in-memory filters, with the same aggregates the Ray flow
     folds, block by block: by default the study's recipe (one range for all components). A stored
     `basis` and its `value_range` may be given to skip steps 2 and 3."""
-    blocks = [slice(s, s + block_rows) for s in range(0, len(weights), block_rows)]
+    blocks = [ScaledBlock.of(weights[s : s + block_rows], [(codes[s : s + block_rows], labels)]) for s in range(0, len(weights), block_rows)]
     if basis is None:
         moments = Moments()
-        for b in blocks:
-            moments = moments.merge(Moments.of(weights[b]))
+        for block in blocks:
+            moments = moments.merge(Moments.of_block(block))
         basis = moments.basis()
     if value_range is None:
         value_range = CoefficientRange()
-        for b in blocks:
-            value_range = value_range.merge(CoefficientRange.of(weights[b], basis))
+        for block in blocks:
+            value_range = value_range.merge(CoefficientRange.of_block(block, basis))
     histograms = Histograms.empty(value_range, bins, range_mode)
-    for b in blocks:
-        histograms = histograms.merge(Histograms.of(weights[b], codes[b], labels, basis, value_range, bins, range_mode))
+    for block in blocks:
+        histograms = histograms.merge(AxesHistograms.of_block(block, basis, value_range, bins, range_mode).axes[0])
     return ShiftResult.of(axis, basis, value_range, histograms, order=order, sort=sort)

@@ -9,8 +9,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ops.shifts.aggregates import GROUP_COLUMN, block_groups
-
 DEFAULT_DEPTH_BINS = 10
 DEPTH_AXIS = "depth"
 """The axis of `conv_depth_norm` in bins."""
@@ -77,8 +75,5 @@ class Axis:
 
 
 def groupings_of(batch: pa.RecordBatch | pa.Table, axes: tuple[Axis, ...]) -> list[tuple[np.ndarray, list[str]]]:
-    """(codes, labels) of every axis for the rows of a batch, read from filters.lance or of a scaled
-    block (its group columns, which `scaled_block` filled with these codes, one per axis in order)."""
-    if f"{GROUP_COLUMN}0" in batch.schema.names:
-        return [block_groups(batch, i) for i in range(len(axes))]
+    """(codes, labels) of every axis for the rows of a batch read from filters.lance."""
     return [axis.codes(batch) for axis in axes]
