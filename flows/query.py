@@ -1,4 +1,4 @@
-"""`filterdb sql`, `similar`, `index`, `info` and `vacuum`: the DB's query commands.
+"""`filterdb sql`, `similar`, `index`, `info`, `vacuum` and `upgrade`: the DB's query and upkeep commands.
 
 Each opens the DB with `ops.db.open_db` and prints what it found; top-level imports stay light, so
 that `filterdb --help` is quick.
@@ -43,6 +43,12 @@ def add_commands(commands) -> None:
     _db_options(vacuum, version=False)
     vacuum.add_argument("--keep", type=int, help="keep only the newest N snapshots (default: keep all)")
     vacuum.set_defaults(run=_vacuum)
+
+    upgrade = commands.add_parser("upgrade", help="bring a DB written by an earlier filterdb to the current layout",
+                                  description="Adds what the current layout has and the DB lacks (filters.lance's model_key, "
+                                              "filterdb 0.2), without rewriting the filters; not while another process writes.")
+    _db_options(upgrade, version=False)
+    upgrade.set_defaults(run=_upgrade)
 
 
 def _db_options(parser, version: bool = True) -> None:
@@ -100,6 +106,17 @@ def _vacuum(args) -> int:
     removed = done["snapshots_removed"]
     print(f"removed {done['versions_removed']} old table versions ({_size(done['bytes_removed'])} freed)"
           + (f" and snapshots {', '.join(map(str, removed))}" if removed else ""))
+    return 0
+
+
+def _upgrade(args) -> int:
+    db = _open(args)
+    if db.dataset("filters") is None:
+        from ops.errors import UsageError
+
+        raise UsageError(f"no filters.lance in {db.root}: nothing to upgrade (check --db)")
+    added = db.upgrade()
+    print(f"upgraded {db.root}: added {', '.join(added)}" if added else f"{db.root} has the current layout: nothing to do")
     return 0
 
 

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from ops.errors import UsageError
 from ops.predicates import SOURCE_LOCATION, predicate_error
-from ops.store import META_COLUMNS, MODELS_SCHEMA, SCHEMAS, TABLES, ModelsRow, WrittenModel, sql_list
+from ops.store import META_COLUMNS, MODELS_SCHEMA, SCHEMAS, TABLES, ModelsRow, WrittenModel, model_keys, sql_list
 
 ANALYSIS_FOLDER = "analysis"
 KNOWN_ANALYSIS_TABLES = ("basis", "histograms", "shifts", "quality")
@@ -134,6 +134,7 @@ class FilterDB:
         self._snapshot_versions: dict[str, int] | None = None
         self._visible: dict | None = None
         self._sql = None
+        self._schemas: dict[str, pa.Schema] = {}  # the stored tables' schemas, as writers write them
         if version is not None:
             self._snapshot_versions = self._versions_of_snapshot(version)
 
@@ -396,18 +397,27 @@ class FilterDB:
             Path(_local_path(self.root)).mkdir(parents=True, exist_ok=True)
 
     def write_fragments(self, table: str, data: pa.Table | None, schema: pa.Schema | None = None) -> list:
-        """Write data files for `data` without committing (any process; the driver commits)."""
+        """Write data files for `data` without committing (any process; the driver commits), with the
+        columns of `schema` (default: the stored table's, so that a DB written by an earlier filterdb
+        gets rows of its own layout; the current schema for a new table)."""
         if data is None or data.num_rows == 0:
             return []
-        schema = schema or SCHEMAS[table]
-        return lance.fragment.write_fragments(data.cast(schema), self.table_uri(table), schema=schema,
+        schema = schema or self._stored_schema(table)
+        return lance.fragment.write_fragments(data.select(schema.names).cast(schema), self.table_uri(table), schema=schema,
                                               storage_options=self.storage_options)
+
+    def _stored_schema(self, table: str) -> pa.Schema:
+        if table not in self._schemas:
+            ds = self.latest_dataset(table)
+            self._schemas[table] = ds.schema if ds is not None else SCHEMAS[table]
+        return self._schemas[table]
 
     def commit(self, table: str, fragments: list, schema: pa.Schema | None = None) -> None:
         """Make written fragments visible in one commit; a table that does not exist is created."""
         self._writable()
         if not fragments:
             return
+        self._schemas.pop(table, None)
         ds = self.latest_dataset(table)
         if ds is None:
             self._make_root()
@@ -527,6 +537,31 @@ class FilterDB:
                 ds.optimize.optimize_indices()
         self.refresh()
         return created
+
+    def missing_columns(self, table: str = "filters") -> list[str]:
+        """Columns of the current schema that the stored table lacks (a DB written by an earlier
+        filterdb); `upgrade()` adds those it can."""
+        ds = self.dataset(table)
+        return [] if ds is None else [name for name in SCHEMAS[table].names if name not in ds.schema.names]
+
+    def upgrade(self) -> list[str]:
+        """Bring a DB written by an earlier filterdb to the current layout; returns what was added.
+        filters.lance gets `model_key` (from `model_id`, ops.store.model_key): Lance writes the new
+        column's files beside the existing ones, in one commit, without rewriting a filter. Readers of
+        earlier versions are not affected; not while another process writes to the DB."""
+        self._writable()
+        self.recover()
+        added = []
+        ds = self.latest_dataset("filters")
+        if ds is not None and "model_key" not in ds.schema.names:
+            ds.add_columns(lambda batch: pa.record_batch([model_keys(batch.column("model_id"))], names=["model_key"]),
+                           read_columns=["model_id"])
+            added.append("filters.model_key")
+        self._schemas.clear()
+        self.refresh()
+        if added:
+            self.snapshot("upgrade", note="added " + ", ".join(added))
+        return added
 
     def create_vector_index(self, num_partitions: int | None = None) -> dict:
         """The IVF index of `filterdb index` over filters.weights (cosine), replacing an older one."""

@@ -13,7 +13,7 @@ import torch
 
 from ops.catalog import CatalogEntry
 from ops.layers import ModelLayers
-from ops.store import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS, QUALITY_COLUMNS, ModelsRow
+from ops.store import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS, QUALITY_COLUMNS, ModelsRow, model_key
 
 
 def models_row(entry: CatalogEntry, **columns) -> ModelsRow:
@@ -133,6 +133,7 @@ def filters_table(model_id: str, model: ModelLayers, meta: dict[str, str]) -> pa
     return pa.table(
         {
             "model_id": _repeat(model_id, n_rows),
+            "model_key": pa.array(np.full(n_rows, model_key(model_id), np.int64)),
             **{name: pa.array(values, type=FILTERS_SCHEMA.field(name).type) for name, values in columns.items()},
             "kind": pa.chunked_array([_repeat(kind, n) for kind, n in kinds], pa.string())
             if kinds else pa.array([], pa.string()),

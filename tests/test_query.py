@@ -18,7 +18,7 @@ import pytest
 from flows.cli import main
 from ops.db import TableUnreadable, open_db
 from ops.errors import UsageError
-from ops.store import FILTERS_SCHEMA, LAYERS_SCHEMA, ModelsRow
+from ops.store import FILTERS_SCHEMA, LAYERS_SCHEMA, ModelsRow, model_key
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS, PER_LAYER = 4, 2500
@@ -33,7 +33,7 @@ def model_tables(model_id: str, seed: int, family: str | None = None) -> tuple[p
     weights[3] = 0
     layer = np.repeat(np.arange(LAYERS, dtype=np.int32), PER_LAYER)
     filters = pa.table({
-        "model_id": [model_id] * n, "layer_index": layer, "out_index": np.tile(np.arange(PER_LAYER, dtype=np.int32), LAYERS),
+        "model_id": [model_id] * n, "model_key": [model_key(model_id)] * n, "layer_index": layer, "out_index": np.tile(np.arange(PER_LAYER, dtype=np.int32), LAYERS),
         "in_index": np.zeros(n, np.int32), "conv_depth": layer, "conv_depth_norm": layer / (LAYERS - 1),
         "kind": ["conv"] * n, "weights": pa.FixedSizeListArray.from_arrays(pa.array(weights.reshape(-1)), 9),
         "family": [family] * n, "task": ["classification"] * n, "train_dataset": [None] * n,

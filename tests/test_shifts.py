@@ -16,7 +16,7 @@ from flows.bench.shifts import synthetic_filters
 from flows.bench.timing import PeakMemory
 from flows.shifts import ShiftInputError, load_basis, print_shift_matrix, run_shift_axes, run_shifts
 from ops import shifts
-from ops.store import FILTERS_SCHEMA, META_COLUMNS
+from ops.store import FILTERS_SCHEMA, META_COLUMNS, model_key
 
 # model_id, family, task, width (a column that only models.lance has)
 MODELS = [
@@ -46,6 +46,7 @@ def filters_table(n_per_model: int, seed: int = 0) -> pa.Table:
             pa.table(
                 {
                     "model_id": [model_id] * n_per_model,
+                    "model_key": [model_key(model_id)] * n_per_model,
                     "layer_index": layer,
                     "out_index": np.arange(n_per_model, dtype=np.int32) // 16,
                     "in_index": np.arange(n_per_model, dtype=np.int32) % 16,
@@ -263,6 +264,58 @@ def test_a_models_table_column_is_an_axis_through_model_id(db, ray_session):
     assert result.groups == ["narrow", "wide"]
     np.testing.assert_array_equal(result.sizes, expected.sizes)
     np.testing.assert_array_equal(result.kl_weighted, expected.kl_weighted)
+
+
+def test_per_model_axes_read_the_integer_model_key(db):
+    for name in ("task", "family", "model_id", "width"):
+        axis = shifts.resolve_axis(db, name)
+        assert axis.column == "model_key", name
+    assert shifts.resolve_axis(db, "train_dataset").column == "train_dataset"  # models.lance of this DB lacks it
+    assert shifts.resolve_axis(db, "kind").column == "kind"
+
+
+def old_layout_copy(db, path):
+    """The DB as filterdb before 0.2 wrote it: filters.lance without `model_key`."""
+    path.mkdir()
+    table = lance.dataset(str(db / "filters.lance")).to_table()
+    lance.write_dataset(table.drop_columns(["model_key"]), str(path / "filters.lance"), max_rows_per_file=7000)
+    lance.write_dataset(lance.dataset(str(db / "models.lance")).to_table(), str(path / "models.lance"))
+    return path
+
+
+def test_an_older_db_without_model_key_gives_the_same_numbers_and_upgrades_in_place(db, tmp_path, ray_session):
+    from ops.db import open_db
+
+    old = old_layout_copy(db, tmp_path / "old")
+    assert open_db(old).missing_columns() == ["model_key"]
+    assert shifts.resolve_axis(old, "task").column == "task"  # read as strings
+    expected = run_shift_axes(db, "task,model_id,width", write=False, reuse=False, progress=False)
+    before = run_shift_axes(old, "task,model_id,width", write=False, reuse=False, progress=False)
+    added = open_db(old).upgrade()
+    assert added == ["filters.model_key"] and open_db(old).missing_columns() == []
+    upgraded = lance.dataset(str(old / "filters.lance"))
+    original = lance.dataset(str(db / "filters.lance")).to_table(columns=["model_id", "model_key", "weights"])
+    stored = upgraded.to_table(columns=["model_id", "model_key", "weights"])
+    for name in original.column_names:  # same rows, the key of each id (the added column is nullable)
+        assert stored.column(name).equals(original.column(name)), name
+    assert open_db(old).snapshots().kind.tolist() == ["upgrade"]
+    after = run_shift_axes(old, "task,model_id,width", write=False, reuse=False, progress=False)
+    for name in expected:
+        assert_identical(before[name], expected[name], f"{name}, read as strings")
+        assert_identical(after[name], expected[name], f"{name}, upgraded")
+    assert open_db(old).upgrade() == []  # nothing left to do
+
+
+def test_a_writer_appends_rows_of_the_stored_layout_to_an_older_db(db, tmp_path):
+    from ops.db import open_db
+    from ops.store import ModelsRow
+
+    old = open_db(old_layout_copy(db, tmp_path / "old"))
+    rows = filters_table(100).slice(0, 100)  # the current layout, with model_key
+    written = old.write_model_files(ModelsRow({"model_id": "m0", "status": "ok"}), rows.set_column(0, "model_id", pa.array(["new"] * 100)), None)
+    old.commit("filters", written.filters)
+    table = lance.dataset(str(tmp_path / "old" / "filters.lance"))
+    assert "model_key" not in table.schema.names and table.count_rows("model_id = 'new'") == 100
 
 
 def test_several_axes_share_one_basis_one_range_and_one_pass(db, ray_session, monkeypatch):
@@ -662,7 +715,7 @@ def test_empty_selection_says_so(db):
 
 @pytest.mark.parametrize("where, message", [
     ("task = = 'x'", "is not a SQL condition"),
-    ("tsak = 'x'", "unknown column 'tsak'; the columns are: model_id, layer_index,"),
+    ("tsak = 'x'", "unknown column 'tsak'; the columns are: model_id, model_key, layer_index,"),
 ])
 def test_a_bad_predicate_is_one_line_naming_the_problem(db, capsys, where, message):
     from flows.cli import main

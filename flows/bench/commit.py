@@ -32,7 +32,7 @@ from flows.bench.timing import Column, FigureTable, PeakMemory, Ratio
 from flows.extract import COMPACT_EVERY_MODELS, Committer
 from flows.progress import ExtractProgress, ExtractSummary
 from ops.db import open_db
-from ops.store import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS, QUALITY_COLUMNS, ModelsRow
+from ops.store import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS, QUALITY_COLUMNS, ModelsRow, model_key
 
 HELP = "the driver's commits of thousands of written models: rate, fragments, compaction, memory"
 
@@ -42,7 +42,7 @@ def synthetic_model(db, index: int, filters: int, rng: np.random.Generator):
     model_id = f"synthetic-{index:06d}"
     zeros = np.zeros(filters, np.int32)
     filter_rows = pa.table({
-        "model_id": pa.array([model_id] * filters), "layer_index": zeros, "out_index": np.arange(filters, dtype=np.int32),
+        "model_id": pa.array([model_id] * filters), "model_key": np.full(filters, model_key(model_id), np.int64), "layer_index": zeros, "out_index": np.arange(filters, dtype=np.int32),
         "in_index": zeros, "conv_depth": zeros, "conv_depth_norm": np.zeros(filters), "kind": pa.array(["conv"] * filters),
         "weights": pa.FixedSizeListArray.from_arrays(pa.array(rng.standard_normal(filters * 9, dtype=np.float32)), 9),
         **{name: pa.array(["synthetic"] * filters) for name in META_COLUMNS},

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from flows.bench.timing import Column, FigureTable, PeakMemory, Ratio, best_of
 from flows.ray_runtime import ensure_ray
-from ops.store import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS, MODELS_SCHEMA
+from ops.store import FILTERS_SCHEMA, LAYERS_SCHEMA, META_COLUMNS, MODELS_SCHEMA, model_key
 
 HELP = "shift flow vs numpy, the study's recipe, the Lance scan"
 
@@ -89,6 +89,7 @@ def _table(rng: np.random.Generator, first_model: int, n_models: int, n_rows: in
     weights = synthetic_filters(rng, n_rows, style, depth_norm)
     columns = {
         "model_id": pc.take(pa.array([f"model_{m:05d}" for m in range(first_model, first_model + n_models)]), pa.array(model - first_model)),
+        "model_key": pc.take(pa.array([model_key(f"model_{m:05d}") for m in range(first_model, first_model + n_models)], pa.int64()), pa.array(model - first_model)),
         "layer_index": pa.array(layer),
         "out_index": pa.array((position % 4096 // 64).astype(np.int32)),
         "in_index": pa.array((position % 64).astype(np.int32)),
@@ -112,6 +113,10 @@ def synthetic_db(n_filters: int, cache: Path = DEFAULT_CACHE, seed: int = 0) -> 
     if layers_uri.exists() and uri.exists() and lance.dataset(str(uri)).count_rows() == n_filters:
         if not models_uri.exists():  # a DB generated before readers checked the models rows
             lance.write_dataset(_models_table(lance.dataset(str(layers_uri)).to_table()), str(models_uri))
+        from ops.db import open_db
+
+        if open_db(db).missing_columns():  # generated before filterdb 0.2: brought up to date as users would
+            open_db(db).upgrade()
         return db
     db.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

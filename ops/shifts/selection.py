@@ -16,7 +16,7 @@ from ops.errors import UsageError
 from ops.shifts.aggregates import DEFAULT_BINS, GLOBAL_RANGE, RANGE_MODES
 from ops.shifts.divergence import SORTS
 from ops.shifts.groups import DEFAULT_DEPTH_BINS, DEPTH_AXIS, Axis
-from ops.store import FILTERS_SCHEMA
+from ops.store import FILTERS_SCHEMA, META_COLUMNS, model_key
 
 DEFAULT_SELECTION = "kind != 'transposed'"
 """The study analysed Conv layers only; transposed layers are stored but left out unless a predicate
@@ -78,19 +78,46 @@ def select_filters(db: str | os.PathLike | FilterDB, by: str | Sequence[str], wh
 
 
 def resolve_axis(db: str | os.PathLike | FilterDB, by: str, depth_bins: int = DEFAULT_DEPTH_BINS) -> Axis:
-    """The axis named `by`: 'depth', a filters.lance column, or a column only models.lance has."""
+    """The axis named `by`: 'depth', a filters.lance column, or a column only models.lance has.
+
+    An axis whose value is one per model (model_id, the meta-parameters, a models.lance column) is read
+    as filters.lance's integer `model_key` and mapped to its value through the ok models rows (the
+    meta columns of a model's filters rows are written from the same catalog row as its models row):
+    8 bytes a filter instead of a string. Read as the strings themselves where that cannot be done: a DB
+    without `model_key` (written before filterdb 0.2: `filterdb upgrade`), a models.lance without the
+    column, two model ids with one key."""
     if by == DEPTH_AXIS:
         return Axis(by, "conv_depth_norm", depth_bins=depth_bins)
-    if by in FILTERS_SCHEMA.names and by != "weights":
-        return Axis(by, by)
     db = as_db(db)
     model_columns = db.columns("models") if db.dataset("models") is not None else []
+    per_model = by == "model_id" or by in META_COLUMNS or (by in model_columns and by not in FILTERS_SCHEMA.names)
+    if per_model and "model_key" in db.columns("filters") and (by == "model_id" or by in model_columns):
+        mapping = _per_model_values(db, by)
+        if mapping is not None:
+            return Axis(by, "model_key", mapping=mapping)
+    if by in FILTERS_SCHEMA.names and by not in ("weights", "model_key"):
+        return Axis(by, by)
     if by in model_columns and by != "model_id":
         table = db.models(columns=["model_id", by], where="status = 'ok'", as_="arrow")
         mapping = dict(zip(table.column("model_id").to_pylist(), table.column(by).to_pylist()))
         return Axis(by, "model_id", mapping=mapping)
-    choices = [DEPTH_AXIS, *[c for c in FILTERS_SCHEMA.names if c != "weights"], *[c for c in model_columns if c not in FILTERS_SCHEMA.names]]
+    choices = [DEPTH_AXIS, *[c for c in FILTERS_SCHEMA.names if c not in ("weights", "model_key")],
+               *[c for c in model_columns if c not in FILTERS_SCHEMA.names]]
     raise ShiftInputError(f"unknown axis {by!r}: choose one of {', '.join(choices)}")
+
+
+def _per_model_values(db: FilterDB, by: str) -> dict[int, str | None] | None:
+    """model_key -> the value of `by` of every ok model, or None when two of their ids share a key."""
+    columns = ["model_id"] if by == "model_id" else ["model_id", by]
+    table = db.models(columns=columns, where="status = 'ok'", as_="arrow")
+    ids, values = table.column("model_id").to_pylist(), table.column(by).to_pylist()
+    mapping = {}
+    for model_id, value in zip(ids, values):
+        key = model_key(model_id)
+        if mapping.get(key, value) != value:
+            return None
+        mapping[key] = value
+    return mapping if len({model_key(i) for i in set(ids)}) == len(set(ids)) else None
 
 
 def selection_predicate(where: str | None, has_transposed: bool = True) -> str | None:
