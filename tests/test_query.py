@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lance
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -422,6 +423,24 @@ def test_bad_queries_exit_2_with_one_line(built, capsys, argv, message):
     assert main([argv[0], "--db", str(built[0]), *argv[1:]]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_upgrade_adds_model_key_to_an_older_db_and_says_when_there_is_nothing_to_do(built, tmp_path, capsys):
+    old = tmp_path / "old"
+    shutil.copytree(built[0], old)
+    filters = lance.dataset(str(old / "filters.lance"))
+    expected = filters.to_table(columns=["model_id", "model_key"])
+    filters.drop_columns(["model_key"])  # the layout filterdb 0.1 wrote
+    assert open_db(old).missing_columns() == ["model_key"]
+    assert main(["upgrade", "--db", str(old)]) == 0
+    assert "added filters.model_key" in capsys.readouterr().out
+    stored = lance.dataset(str(old / "filters.lance")).to_table(columns=["model_id", "model_key"])
+    assert sorted(zip(*stored.to_pydict().values())) == sorted(zip(*expected.to_pydict().values()))  # every row, the key of its id
+    assert main(["upgrade", "--db", str(old)]) == 0
+    assert "has the current layout: nothing to do" in capsys.readouterr().out
+    assert main(["upgrade", "--db", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("filterdb upgrade: no filters.lance") and err.count("\n") == 1
 
 
 def test_info_and_similar_commands(built, capsys):
