@@ -295,20 +295,29 @@ def step_costs(n_filters: int, by: str = "task", cache: Path = DEFAULT_CACHE, re
     filter costs wherever it runs, without Ray."""
     import time
 
-    from ops.shifts import AxesHistograms, CoefficientRange, Moments, ScaledBlock, axis_names, group_codes, scaled_block_and_moments, weights_array
+    from ops.shifts import (AxesHistograms, CoefficientRange, Moments, ScaledBlock, axis_names, group_codes, resolve_axis,
+                            scaled_block_and_moments, weights_array)
 
-    axis = axis_names(by)[0]
-    dataset = lance.dataset(str(synthetic_db(n_filters, cache) / "filters.lance"))
+    name = axis_names(by)[0]
+    db = synthetic_db(n_filters, cache)
+    dataset = lance.dataset(str(db / "filters.lance"))
+    axis = resolve_axis(db, name)
 
     def cpu_ns(fn) -> tuple[float, object]:
         timing = best_of(fn, repeats, clock=time.process_time)
         return timing.seconds / n_filters * 1e9, timing.result
 
+    def decoded(column):
+        return cpu_ns(lambda: dataset.scanner(columns=[column], batch_size=1 << 17).to_table())
+
     costs = {}
-    costs["Lance: decode `weights`"], table = cpu_ns(lambda: dataset.scanner(columns=["weights"], batch_size=1 << 17).to_table())
-    costs[f"Lance: decode `{axis}`"], labels_table = cpu_ns(lambda: dataset.scanner(columns=[axis], batch_size=1 << 17).to_table())
+    costs["Lance: decode `weights`"], table = decoded("weights")
+    if axis.column != name and name in dataset.schema.names:  # what a DB without model_key costs
+        costs[f"Lance: decode `{name}` (strings: a DB without model_key)"], strings = decoded(name)
+        costs[f"group codes of the `{name}` strings"], _ = cpu_ns(lambda: group_codes(strings.column(name)))
+    costs[f"Lance: decode `{axis.column}` (what the flow reads for {name})"], labels_table = decoded(axis.column)
+    costs["group codes of the axis"], (codes, labels) = cpu_ns(lambda: axis.codes(labels_table))
     weights = weights_array(table.column("weights"))
-    costs["group codes of the axis column"], (codes, labels) = cpu_ns(lambda: group_codes(labels_table.column(axis)))
     ScaledBlock.of(weights[:10], [(codes[:10], labels)])  # the kernels compiled or loaded from numba's cache, not timed
     costs["step 1: peak scaling (ScaledBlock.of)"], block = cpu_ns(lambda: ScaledBlock.of(weights, [(codes, labels)]))
     costs["steps 1+2, read path: scaling and moments (scaled_block_and_moments)"], (_, moments) = cpu_ns(lambda: scaled_block_and_moments(weights, [(codes, labels)]))
@@ -316,7 +325,7 @@ def step_costs(n_filters: int, by: str = "task", cache: Path = DEFAULT_CACHE, re
     basis = moments.basis()
     costs["step 3: range of a kept block"], value_range = cpu_ns(lambda: CoefficientRange.of_block(block, basis))
     costs["step 4: histograms of a kept block"], _ = cpu_ns(lambda: AxesHistograms.of_block(block, basis, value_range))
-    table = FigureTable(f"CPU ns per filter, {n_filters:,} filters, axis {axis}, best of {repeats} (time.process_time, one process)",
+    table = FigureTable(f"CPU ns per filter, {n_filters:,} filters, axis {name}, best of {repeats} (time.process_time, one process)",
                         [Column("ns / filter", "ns", "{:.1f}".format)], name_header="what")
     for what, ns in costs.items():
         table.add(what, {"ns": ns})
