@@ -65,8 +65,13 @@ each in steps 3 and 4) weigh less in fewer tasks, and a second per CPU evens out
 with 8, 4 and 2 tasks on the 10M-filter bench DB on 2 CPUs (five runs each, interleaved, 2026-12-01):
 median 0.53, 0.46 and 0.47 s."""
 ROWS_PER_TASK = 1 << 22
-"""Filters per read task at most (a kept task holds about 40 bytes a filter, 160 MB, before it returns),
-so that a worker's memory does not grow with the DB."""
+"""Filters per read task of the kept path at most (it holds about 40 bytes a filter, 160 MB, before it
+returns), so that a worker's memory does not grow with the DB."""
+STREAMED_ROWS_PER_TASK = 1 << 20
+"""The same when reading once per step, where each step's task holds its whole block as read (44 bytes a
+filter for one axis) and fewer tasks save little against three reads. Largest private memory of a
+worker (USS, sampled every 100 ms, one run each, 2026-12-01) at 10M and 100M filters: 434 and 594 MB
+with blocks of 2.5 and 3.8M filters, 307 and 381 MB with this cap."""
 
 CACHE_SHARE = 0.25
 """Largest share of the cluster's object store the peak-scaled filters may take to be kept between
@@ -301,13 +306,16 @@ def run_shift_axes(
     ensure_ray(address)
 
     # Read tasks of whole fragments, a multiple of the CPUs (no last wave on a few of them), at least
-    # TASKS_PER_CPU per CPU and at most about ROWS_PER_TASK filters each, each task's rows passed on as
+    # TASKS_PER_CPU per CPU and at most about ROWS_PER_TASK (STREAMED_ROWS_PER_TASK) filters each, each task's rows passed on as
     # whole blocks: Ray's default cuts blocks into pieces of a few thousand rows, where per-block
     # overhead dominates.
     cpus = int(ray.cluster_resources().get("CPU", 1))
     fragments = filters.get_fragments()
     rows = sum(f.count_rows() for f in fragments)
-    n_tasks = max(1, min(len(fragments), cpus * max(TASKS_PER_CPU, -(-rows // (cpus * ROWS_PER_TASK)))))
+    if cache is None:
+        cache = keeps_filters(rows, len(axes))
+    rows_per_task = ROWS_PER_TASK if cache else STREAMED_ROWS_PER_TASK
+    n_tasks = max(1, min(len(fragments), cpus * max(TASKS_PER_CPU, -(-rows // (cpus * rows_per_task)))))
     axis_columns = list(dict.fromkeys(axis.column for axis in axes))
 
     def read(columns):
@@ -317,8 +325,6 @@ def run_shift_axes(
             return db.ray_dataset("filters", where=predicate, columns=columns, scanner_options={"batch_size": batch_rows},
                                   override_num_blocks=n_tasks, concurrency=concurrency)
 
-    if cache is None:
-        cache = keeps_filters(rows, len(axes))
     clock, histograms, basis_over = StepClock(timings), None, predicate  # basis_over: the selection the basis was computed over
     histogram_options = {"axes": axes, "bins": bins, "range_mode": range_mode}
     with _data_context(progress):

@@ -774,3 +774,18 @@ def test_bad_options_from_python_are_one_line(db, options, message):
     with pytest.raises(ShiftInputError, match=message) as error:
         run_shift_axes(db, **options)
     assert "\n" not in str(error.value)
+
+
+def test_the_benchmark_prints_and_writes_its_figures(tmp_path, capsys):
+    # A small synthetic DB (two models of 50k filters): the figures the JSON must hold, measured.
+    import json
+
+    from flows.cli import main
+
+    out = tmp_path / "figures.json"
+    assert main(["bench", "shifts", "--filters", "100k", "--repeats", "1", "--workers", "all", "--cache", str(tmp_path / "cache"), "--json", str(out)]) == 0
+    assert "study's recipe" in capsys.readouterr().out
+    figures = json.loads(out.read_text())
+    assert figures["filters"] == 100_000
+    for key in ("flow_filters_per_s", "study_filters_per_s", "scan_filters_per_s", "peak_rss_bytes", "driver_peak_rss_bytes", "largest_worker_private_bytes"):
+        assert figures[key] > 0, key

@@ -67,10 +67,14 @@ def weights_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def scaled_q(weights: np.ndarray) -> np.ndarray:
     """(9, n) float32: the integers q = round(w / max |w| * 2^24) of the (n, 9) weights, the division in
     float32, an all-zero filter divided by 1. Weights are finite (extraction refuses others)."""
-    weights = np.ascontiguousarray(weights, np.float32)
-    q = _block_buffer(len(weights))
-    kernels.scale_into(weights, q, 0)
-    return q[:, : len(weights)]
+    return _scaled_rows(weights)[:, : len(weights)]
+
+
+def _scaled_rows(weights: np.ndarray) -> np.ndarray:
+    """The q of the (n, 9) weights in the first n columns of a `_block_buffer`."""
+    rows = _block_buffer(len(weights))
+    kernels.scale_into(np.ascontiguousarray(weights, np.float32), rows, 0)
+    return rows
 
 
 def peak_scaled(weights: np.ndarray) -> np.ndarray:
@@ -106,10 +110,7 @@ class ScaledBlock:
     @classmethod
     def of(cls, weights: np.ndarray, groupings: list[tuple[np.ndarray, list[str]]]) -> ScaledBlock:
         """Of (n, 9) weights and the (codes, labels) of every axis for the same rows."""
-        weights = np.ascontiguousarray(weights, np.float32)
-        rows = _block_buffer(len(weights))
-        kernels.scale_into(weights, rows, 0)
-        return cls._with(rows, len(weights), groupings)
+        return cls._with(_scaled_rows(weights), len(weights), groupings)
 
     @classmethod
     def _with(cls, rows: np.ndarray, n: int, groupings: list[tuple[np.ndarray, list[str]]]) -> ScaledBlock:
