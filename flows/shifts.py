@@ -22,8 +22,10 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import uuid
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -153,61 +155,139 @@ def _histograms_of_block(block: pa.Table | list[ScaledBlock], axes: tuple[Axis, 
                    lambda part: AxesHistograms.of_block(part, basis, value_range, bins, range_mode))
 
 
-# --- folds: partial aggregates merged on the driver as they come -------------------------------------
+# --- the kept path: blocks held by actors between the steps ------------------------------------------
 
 
-@functools.cache
-def _block_task():
+class BlockHolder:
+    """A Ray actor that reads groups of fragments into `ScaledBlock`s (steps 1 and 2) and keeps them in
+    its own memory for steps 3 and 4, which then run where the blocks are, without copying them.
+
+    Why not Ray's object store: a task's blocks returned to it are copied into freshly mapped shared
+    memory, whose page faults cost about 0.2 s of the 0.5 s read step on the 10M-filter bench DB
+    (`filterdb bench shifts`; the same tasks returning nothing took 0.29 s). The blocks of several
+    analyses at once are kept apart by their run id."""
+
+    def __init__(self):
+        self.blocks: dict[str, list[ScaledBlock]] = {}
+
+    def read(self, run: str, read_args: tuple, fragment_ids: list[int]) -> Moments:
+        parts, moments = _read_and_scale(*read_args[:4], fragment_ids, *read_args[4:])
+        self.blocks.setdefault(run, []).extend(parts)
+        return moments
+
+    def apply(self, run: str, block_fn, kwargs: dict):
+        return block_fn(self.blocks.get(run, []), **kwargs)
+
+    def release(self, run: str) -> None:
+        self.blocks.pop(run, None)
+
+
+_POOL: dict = {}
+"""The driver's holders, created on first use and reused by later analyses: {cluster key: [actors]}."""
+
+
+def _holders(concurrency: int | None = None) -> list:
+    """One BlockHolder per CPU of every alive node (pinned to it, `num_cpus=0`: an idle holder reserves
+    no CPU, so it never keeps other work from running), the first `concurrency` of them if given.
+    Starting an actor takes a new worker process (about 1-2 s for both on the 2-CPU machine), so
+    the pool lives as long as the driver, per Ray job and set of nodes."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = tuple(sorted((n["NodeID"], int(n["Resources"].get("CPU", 0))) for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1))
+    key = (ray.get_runtime_context().get_job_id(), nodes)
+    if key not in _POOL:
+        for stale in _POOL.values():
+            for actor in stale:
+                ray.kill(actor)
+        _POOL.clear()
+        holder = ray.remote(num_cpus=0, max_restarts=0)(BlockHolder)
+        _POOL[key] = [holder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
+                      for node, cpus in nodes for _ in range(cpus)] or [holder.remote()]
+    pool = _POOL[key]
+    return pool[: concurrency or len(pool)]
+
+
+def _replace_holder(dead) -> object:
+    """A new holder in place of one that died (its node lost, its process killed), in the pool too."""
     import ray
 
-    return ray.remote(num_cpus=1)(lambda block_fn, block, kwargs: block_fn(block, **kwargs))
+    replacement = ray.remote(num_cpus=0, max_restarts=0)(BlockHolder).remote()
+    for pool in _POOL.values():
+        pool[:] = [replacement if actor == dead else actor for actor in pool]
+    return replacement
 
 
-def _fold_blocks(blocks: list, block_fn, initial, concurrency: int | None = None, **kwargs):
-    """block_fn(block) as one Ray task per block in the object store (scheduled where the block is),
-    at most `concurrency` at a time, the results merged on the driver as they come. Plain tasks: a
-    Ray Data pass over materialized blocks adds planning and scheduling (an estimate: 0.1-0.2 s a
-    pass, from the step seconds of `filterdb bench shifts` when the passes were Ray Data's)."""
-    import ray
+@dataclass
+class HeldBlocks:
+    """What one holder keeps of one analysis: the fragment groups it read, to read them again elsewhere
+    if it dies."""
 
-    limit = concurrency or len(blocks)
-    result, waiting, running = initial, list(blocks), []
-    while waiting or running:
-        while waiting and len(running) < limit:
-            running.append(_block_task().remote(block_fn, waiting.pop(), kwargs))
-        done, running = ray.wait(running, num_returns=1)
-        result = result.merge(ray.get(done[0]))
-    return result
+    holder: object
+    run: str
+    read_args: tuple
+    groups: list[list[int]] = field(default_factory=list)
 
+    def reread(self) -> None:
+        import ray
 
-@functools.cache
-def _read_task():
-    import ray
+        self.holder = _replace_holder(self.holder)
+        ray.get([self.holder.read.remote(self.run, self.read_args, group) for group in self.groups])
 
-    return ray.remote(num_cpus=1, num_returns=2)(_read_and_scale)
+    def release(self) -> None:
+        self.holder.release.remote(self.run)
 
 
 def _read_kept_blocks(db: FilterDB, version: int, predicate: str | None, fragment_groups: list[list[int]], columns: list[str],
-                      axes: tuple[Axis, ...], batch_rows: int, concurrency: int | None = None) -> tuple[list, Moments]:
-    """Steps 1 and 2 of the kept path: one plain Ray task per group of fragments (`_read_and_scale`),
-    at most `concurrency` at a time; the scaled blocks stay in the object store (their refs are
-    returned) and their moments are merged on the driver as they come. Plain tasks rather than
-    `read_lance -> map_batches -> materialize` spends more CPU per filter (worker CPU time of the
-    same read and scaling on the 2M-filter bench DB, one comparison: 75-85 ns a filter in plain
-    tasks, 110-140 ns through Ray Data), and the moments then need no pass of their own."""
+                      axes: tuple[Axis, ...], batch_rows: int, concurrency: int | None = None) -> tuple[list[HeldBlocks], Moments]:
+    """Steps 1 and 2 of the kept path: the fragment groups dealt out to the holders (`_holders`; each
+    runs its reads one after another, so `concurrency` holders read at a time), their moments merged
+    on the driver as they come. A group whose holder dies is read by another."""
     import ray
+    from ray.exceptions import RayActorError
 
     plan = db.read_plan("filters", predicate)
-    limit = concurrency or len(fragment_groups)
-    blocks, moments, waiting, running = [], Moments(), list(fragment_groups), []
-    while waiting or running:
-        while waiting and len(running) < limit:
-            block, partial = _read_task().remote(db.root, db.storage_options, version, plan["filter"], waiting.pop(0), columns, axes, batch_rows)
-            blocks.append(block)
-            running.append(partial)
-        done, running = ray.wait(running, num_returns=1)
-        moments = moments.merge(ray.get(done[0]))
-    return blocks, moments
+    read_args = (db.root, db.storage_options, version, plan["filter"], columns, axes, batch_rows)
+    run = uuid.uuid4().hex
+    held = [HeldBlocks(holder, run, read_args) for holder in _holders(concurrency)]
+    running, moments = {}, Moments()
+
+    def submit(group, i):
+        running[held[i].holder.read.remote(run, read_args, group)] = (group, i)
+        if group not in held[i].groups:
+            held[i].groups.append(group)
+
+    for n, group in enumerate(fragment_groups):
+        submit(group, n % len(held))
+    while running:
+        done, _ = ray.wait(list(running), num_returns=1)
+        group, i = running.pop(done[0])
+        try:
+            moments = moments.merge(ray.get(done[0]))
+        except RayActorError:
+            held[i].groups.remove(group)
+            held[i].reread()  # what it had read is gone with it
+            submit(group, i)
+    return [h for h in held if h.groups], moments
+
+
+def _fold_blocks(blocks: list[HeldBlocks], block_fn, initial, concurrency: int | None = None, **kwargs):
+    """block_fn(the blocks a holder keeps) on every holder, where the blocks are, the results merged
+    on the driver as they come (`concurrency`: the holders are already that many). A holder that died
+    is replaced, its groups read again, and asked again."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    result, running = initial, {b.holder.apply.remote(b.run, block_fn, kwargs): b for b in blocks}
+    while running:
+        done, _ = ray.wait(list(running), num_returns=1)
+        held = running.pop(done[0])
+        try:
+            result = result.merge(ray.get(done[0]))
+        except RayActorError:
+            held.reread()
+            running[held.holder.apply.remote(held.run, block_fn, kwargs)] = held
+    return result
 
 
 def _fold(dataset, block_fn, initial, concurrency: int | None = None, **kwargs):
@@ -339,8 +419,11 @@ def run_shift_axes(
             found = moments.basis()
             value_range = clock("range", lambda: _fold_blocks(blocks, _range_of_block, CoefficientRange(), concurrency, basis=found))
             empty = AxesHistograms.empty(len(axes), value_range, bins, range_mode)
-            histograms = clock("histograms", lambda: _fold_blocks(blocks, _histograms_of_block, empty, concurrency, basis=found, value_range=value_range, **histogram_options))
-            del blocks
+            try:
+                histograms = clock("histograms", lambda: _fold_blocks(blocks, _histograms_of_block, empty, concurrency, basis=found, value_range=value_range, **histogram_options))
+            finally:
+                for held in blocks:
+                    held.release()
         else:
             found = clock("moments", lambda: _fold(read(["weights"]), _moments_of_block, Moments(), concurrency).basis())
             value_range = clock("range", lambda: _fold(read(["weights"]), _range_of_block, CoefficientRange(), concurrency, basis=found))

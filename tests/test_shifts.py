@@ -154,8 +154,8 @@ def test_results_do_not_depend_on_the_number_or_order_of_fragments(tmp_path, by_
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_results_do_not_depend_on_the_order_partial_results_merge_in(db, by_task, ray_session, monkeypatch, seed):
-    # Fragments are read (steps 1 and 2) and kept blocks folded (steps 3 and 4) one at a time
-    # (concurrency 1), each in a shuffled order.
+    # Fragment groups are dealt out to the holders (steps 1 and 2) and the holders' partial results
+    # folded (steps 3 and 4), each in a shuffled order; two holders (2 CPUs).
     import flows.shifts
 
     fold, read = flows.shifts._fold_blocks, flows.shifts._read_kept_blocks
@@ -177,7 +177,7 @@ def test_results_do_not_depend_on_the_order_partial_results_merge_in(db, by_task
 
     monkeypatch.setattr(flows.shifts, "_fold_blocks", shuffled)
     monkeypatch.setattr(flows.shifts, "_read_kept_blocks", read_shuffled)
-    result = run_shifts(db, "task", cache=True, concurrency=1, write=False, reuse=False, progress=False)
+    result = run_shifts(db, "task", cache=True, write=False, reuse=False, progress=False)
     assert len(orders) == 3 and all(len(o) > 1 and o != sorted(o) for o in orders)  # three passes, each in another order
     assert_identical(result, by_task, f"merge order of seed {seed}")
 
@@ -189,6 +189,25 @@ def odd_parts(n: int, seed: int) -> list[slice]:
     bounds = np.cumsum([0, *sizes, *rng.integers(1, 3000, 40)])
     bounds = [*bounds[bounds < n], n]
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def test_a_holder_that_dies_between_steps_is_replaced_and_its_fragments_read_again(db, by_task, ray_session, monkeypatch):
+    import ray
+
+    import flows.shifts
+
+    fold, killed = flows.shifts._fold_blocks, []
+
+    def kill_first(blocks, *args, **kwargs):
+        if not killed:  # before step 3: the blocks it kept are gone with it
+            killed.append(blocks[0].holder)
+            ray.kill(blocks[0].holder)
+        return fold(blocks, *args, **kwargs)
+
+    monkeypatch.setattr(flows.shifts, "_fold_blocks", kill_first)
+    result = run_shifts(db, "task", cache=True, write=False, reuse=False, progress=False)
+    assert killed and all(killed[0] not in pool for pool in flows.shifts._POOL.values())
+    assert_identical(result, by_task, "a holder killed before step 3")
 
 
 def test_aggregates_merged_in_any_order_equal_those_of_all_rows():

@@ -33,7 +33,7 @@ def group_codes(column: pa.Array | pa.ChunkedArray, mapping: dict | None = None)
 
 def _dictionary_codes(column: pa.Array, mapping: dict | None) -> tuple[np.ndarray, list[str]]:
     encoded = pc.dictionary_encode(column, null_encoding="encode")
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)  # as blocks keep them
     values = encoded.dictionary.to_pylist()
     if mapping is not None:
         values = [mapping.get(v) for v in values]
@@ -50,7 +50,7 @@ def depth_codes(conv_depth_norm: np.ndarray, n_bins: int = DEFAULT_DEPTH_BINS) -
     """Bin of every conv_depth_norm: [0, 1/n], (1/n, 2/n], ..., ((n-1)/n, 1]."""
     inner_edges = np.arange(1, n_bins) / n_bins
     codes = np.searchsorted(inner_edges, np.asarray(conv_depth_norm, np.float64), side="left")
-    return codes.astype(np.intp), depth_labels(n_bins)
+    return codes.astype(np.int32), depth_labels(n_bins)
 
 
 @dataclass(frozen=True)
