@@ -179,7 +179,10 @@ class BlockHolder:
         return block_fn(self.blocks.get(run, []), **kwargs)
 
     def release(self, run: str) -> None:
+        """Drop the run's blocks and hand the freed memory back to the system: Arrow's allocator, where
+        the blocks' arrays come from, would otherwise keep it for this idle process."""
         self.blocks.pop(run, None)
+        pa.default_memory_pool().release_unused()
 
 
 _POOL: dict = {}

@@ -32,12 +32,19 @@ def group_codes(column: pa.Array | pa.ChunkedArray, mapping: dict | None = None)
 
 
 def _dictionary_codes(column: pa.Array, mapping: dict | None) -> tuple[np.ndarray, list[str]]:
+    """int32 codes (as blocks keep them) into labels sorted and without repeats (several values may map
+    to one label), so that a block takes them as they are."""
     encoded = pc.dictionary_encode(column, null_encoding="encode")
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)  # as blocks keep them
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     values = encoded.dictionary.to_pylist()
     if mapping is not None:
         values = [mapping.get(v) for v in values]
-    return codes, [MISSING if v is None else str(v) for v in values]
+    names = [MISSING if v is None else str(v) for v in values]
+    labels = sorted(set(names))
+    if labels == names:
+        return codes, labels
+    position = {label: i for i, label in enumerate(labels)}
+    return np.array([position[name] for name in names], np.int32)[codes], labels
 
 
 def depth_labels(n_bins: int = DEFAULT_DEPTH_BINS) -> list[str]:
