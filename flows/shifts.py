@@ -52,13 +52,14 @@ from ops.shifts import (
     load_basis,
     scaled_block_and_moments,
     select_filters,
+    spare_blocks,
     stored_basis_for,
     weights_array,
     write_analysis,
 )
 
-__all__ = ["CACHED_BYTES_PER_FILTER", "CACHE_SHARE", "ShiftInputError", "kept_bytes", "keeps_filters", "load_basis", "print_shift_matrix", "run_shift_axes",
-           "run_shifts", "shifts_command"]
+__all__ = ["CACHED_BYTES_PER_FILTER", "CACHE_SHARE", "ShiftInputError", "kept_bytes", "keeps_filters", "load_basis", "print_shift_matrix",
+           "release_holders", "run_shift_axes", "run_shifts", "shifts_command"]
 
 BATCH_ROWS = 1 << 17
 TASKS_PER_CPU = 2
@@ -179,9 +180,9 @@ class BlockHolder:
         return block_fn(self.blocks.get(run, []), **kwargs)
 
     def release(self, run: str) -> None:
-        """Drop the run's blocks and hand the freed memory back to the system: Arrow's allocator, where
-        the blocks' arrays come from, would otherwise keep it for this idle process."""
-        self.blocks.pop(run, None)
+        """Done with the run's blocks: their memory is kept for the next analysis' blocks (`spare_blocks`:
+        writing fresh memory costs page faults), and only that; Arrow's allocator hands the rest back."""
+        spare_blocks(self.blocks.pop(run, []))
         pa.default_memory_pool().release_unused()
 
 
@@ -200,15 +201,23 @@ def _holders(concurrency: int | None = None) -> list:
     nodes = tuple(sorted((n["NodeID"], int(n["Resources"].get("CPU", 0))) for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1))
     key = (ray.get_runtime_context().get_job_id(), nodes)
     if key not in _POOL:
-        for stale in _POOL.values():
-            for actor in stale:
-                ray.kill(actor)
-        _POOL.clear()
+        release_holders()
         holder = ray.remote(num_cpus=0, max_restarts=0)(BlockHolder)
         _POOL[key] = [holder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
                       for node, cpus in nodes for _ in range(cpus)] or [holder.remote()]
     pool = _POOL[key]
     return pool[: concurrency or len(pool)]
+
+
+def release_holders() -> None:
+    """End the driver's block holders (and the memory they keep for the next analysis); the next
+    analysis that keeps its blocks starts new ones."""
+    import ray
+
+    for pool in _POOL.values():
+        for actor in pool:
+            ray.kill(actor)
+    _POOL.clear()
 
 
 def _replace_holder(dead) -> object:

@@ -208,6 +208,9 @@ def test_a_holder_that_dies_between_steps_is_replaced_and_its_fragments_read_aga
     result = run_shifts(db, "task", cache=True, write=False, reuse=False, progress=False)
     assert killed and all(killed[0] not in pool for pool in flows.shifts._POOL.values())
     assert_identical(result, by_task, "a holder killed before step 3")
+    flows.shifts.release_holders()  # a new pool, whose holders have no spare memory yet: the same numbers
+    assert not flows.shifts._POOL
+    assert_identical(run_shifts(db, "task", cache=True, write=False, reuse=False, progress=False), by_task, "new holders")
 
 
 def test_aggregates_merged_in_any_order_equal_those_of_all_rows():

@@ -37,8 +37,10 @@ from ops.shifts.aggregates import (
     Moments,
     ScaledBlock,
     peak_scaled,
+    drop_spare_blocks,
     scaled_block_and_moments,
     scaled_q,
+    spare_blocks,
     weights_array,
 )
 from ops.shifts.divergence import EPSILON, SORTS, ShiftResult, analyse, binned_kde, default_sort, probabilities, silverman_bandwidth, symmetric_kl_matrix
@@ -61,7 +63,7 @@ __all__ = [
     "SCALE", "SCALE_BITS", "SORTS",
     "AxesHistograms", "Axis", "Basis", "CoefficientRange", "Histograms", "Moments", "ScaledBlock", "Selection", "ShiftInputError", "ShiftResult",
     "StoredBasis", "analyse", "axis_names", "basis_table", "binned_kde", "check_groups",
-    "default_sort", "depth_codes", "depth_labels", "group_codes", "groupings_of", "histograms_table", "load_basis", "peak_scaled", "probabilities", "resolve_axis", "scaled_block_and_moments",
+    "default_sort", "depth_codes", "depth_labels", "group_codes", "groupings_of", "histograms_table", "load_basis", "peak_scaled", "probabilities", "resolve_axis", "scaled_block_and_moments", "spare_blocks", "drop_spare_blocks",
     "scaled_q", "select_filters", "selection_predicate", "shifts_table", "silverman_bandwidth", "stored_basis_for",
     "symmetric_kl_matrix", "weights_array", "write_analysis",
 ]

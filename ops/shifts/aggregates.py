@@ -84,10 +84,32 @@ def peak_scaled(weights: np.ndarray) -> np.ndarray:
 
 
 def _block_buffer(n: int) -> np.ndarray:
-    """(9, padded_length(n)) float32 for n filters (rows padded: kernels.PADDED_CHUNK says why), from
-    Arrow's pool, which keeps freed pages: a fresh numpy array of this size pays a page fault per page."""
+    """(9, padded_length(n)) float32 for n filters (rows padded: kernels.PADDED_CHUNK says why): a spare
+    one of that size (`spare_blocks`), else from Arrow's pool."""
     length = kernels.padded_length(n)
+    spare = _SPARE_ROWS.get(length)
+    if spare:
+        return spare.pop()
     return np.frombuffer(pa.allocate_buffer(length * N_COMPONENTS * 4), np.float32).reshape(N_COMPONENTS, length)
+
+
+_SPARE_ROWS: dict[int, list[np.ndarray]] = {}
+
+
+def spare_blocks(blocks: list[ScaledBlock]) -> None:
+    """Keep the arrays of blocks nobody uses any more for the next blocks of this process. Memory written
+    for the first time costs a page fault a page, about as much as the scaling itself on the 2-CPU
+    development machine (a VM): a process that scales block after block (the flow's holders, run after
+    run) keeps its last blocks' memory and writes into it again."""
+    for block in blocks:
+        if block.rows.flags.writeable and block.rows.flags.c_contiguous:
+            _SPARE_ROWS.setdefault(block.rows.shape[1], []).append(block.rows)
+
+
+def drop_spare_blocks() -> None:
+    """Free the memory `spare_blocks` kept."""
+    _SPARE_ROWS.clear()
+    pa.default_memory_pool().release_unused()
 
 
 @dataclass
