@@ -1,15 +1,16 @@
-"""`filterdb shifts`: the five steps of the shift analysis (`ops.shifts`) on Ray Data, for one axis
-or several at once (`run_shift_axes`: one basis, one range, the histograms of every axis in one pass).
+"""`filterdb shifts`: the five steps of the shift analysis (`ops.shifts`) on Ray, for one axis or
+several at once (`run_shift_axes`: one basis, one range, the histograms of every axis in one pass).
 
-    filters.lance --a Ray task per group of fragments (weights, the axes' columns; predicate pushed down)-->
-    step 1  peak-scale, group codes of every axis -> the block, kept in Ray's object store
-    step 2  in the same task: the block's Moments -> Basis             (skipped with a stored basis)
-    step 3  a task per block -> CoefficientRange  -> global min / max  (skipped with a stored basis)
-    step 4  a task per block -> AxesHistograms    (every axis, the same bins)
+    filters.lance --groups of fragments dealt out to the block holders, Ray actors, one per CPU
+                    (weights, the axes' columns; predicate pushed down)-->
+    step 1  peak-scale, group codes of every axis -> ScaledBlocks, kept in the holder's memory
+    step 2  in the same call: the blocks' Moments -> Basis             (skipped with a stored basis)
+    step 3  a call per holder -> CoefficientRange -> global min / max  (skipped with a stored basis)
+    step 4  a call per holder -> AxesHistograms   (every axis, the same bins)
     step 5  on the driver: per axis, symmetric KL of every pair of groups -> DIR/analysis/ tables
 
-Filter rows are never shuffled nor collected: every task yields one small aggregate, folded on the
-driver as it arrives. A selection too large for the object store (CACHE_SHARE of it) is read from
+Filter rows are never shuffled nor collected: every call yields one small aggregate, folded on the
+driver as it arrives. A selection too large to keep (CACHE_SHARE of the object store's size) is read from
 filters.lance once per step instead: steps 2, 3 and 4 are each a `read_lance -> map_batches` whose
 batches are scaled as they come (step 1 inside each), and memory then does not depend on the number
 of filters (steps 2-4 read through `db.ray_dataset`). Either way, one adapter per aggregate (`_moments_of_block`, `_range_of_block`,
@@ -77,11 +78,13 @@ worker (USS, sampled every 100 ms, one run each, 2026-12-01) at 10M and 100M fil
 with blocks of 2.5 and 3.8M filters, 307 and 381 MB with this cap."""
 
 CACHE_SHARE = 0.25
-"""Largest share of the cluster's object store the peak-scaled filters may take to be kept between
-steps; a larger selection is read from filters.lance once per step. Measured on a 7 GB store with
-`filterdb bench shifts --filters 40M` and `--filters 100M` (2026-11-21): keeping 1.5 GB (21%) made
-the flow 1.3x faster, keeping 3.8 GB (54%) 1.3x slower (Ray Data throttles the read that fills the
-store)."""
+"""Largest share of the size of the cluster's object store the peak-scaled filters may take to be kept
+between steps (by the holders, in their memory: the store's size is the measure of what the nodes
+hold); a larger selection is read from filters.lance once per step. Set when the blocks were kept in
+the store itself, measured with `filterdb bench shifts --filters 40M` and `--filters 100M` on a 7 GB
+store (2026-11-21): keeping 1.5 GB (21%) made the flow 1.3x faster, keeping 3.8 GB (54%) 1.3x slower.
+With holders, keeping the 3.8 GB made it 1.9x faster (15.40 vs 8.11 M/s, one run, 2026-12-01): the
+share could now be larger, at the price of the holders' memory."""
 CACHED_BYTES_PER_FILTER = 4 * N_COMPONENTS + 4
 
 
