@@ -17,6 +17,7 @@ import pytest
 
 from ops.catalog import write_catalog
 from ops.db import open_db
+from ops.store import model_key
 
 SMALL = ["mobilenetv3_small_050", "lcnet_050", "regnetx_002"]
 
@@ -140,3 +141,20 @@ def test_killed_driver_then_rerun_on_s3_stores_every_model_once(s3, tmp_path):
     keys = db.filters(columns=["model_id", "layer_index", "out_index", "in_index"], as_="arrow")
     assert keys.num_rows == sum(complete.values()) == db.latest_dataset("filters").count_rows()
     assert len(set(zip(*(keys.column(c).to_pylist() for c in keys.column_names)))) == keys.num_rows
+
+
+def test_upgrade_adds_model_key_to_an_older_db_on_s3(s3, s3_db):
+    """`filterdb upgrade` on an object store: Lance's add_columns writes the new column's files there."""
+    import lance
+
+    db_uri, filters, folder = s3_db
+    source = open_db(db_uri, storage_options=s3["options"])
+    old_uri = "s3://bucket/old"
+    lance.write_dataset(source.dataset("filters").to_table().drop_columns(["model_key"]), f"{old_uri}/filters.lance", storage_options=s3["options"])
+    lance.write_dataset(source.dataset("models").to_table(), f"{old_uri}/models.lance", storage_options=s3["options"])
+    assert open_db(old_uri, storage_options=s3["options"]).missing_columns() == ["model_key"]
+    upgrade = filterdb(["upgrade", "--db", old_uri], s3, folder)
+    assert upgrade.returncode == 0 and "added filters.model_key" in upgrade.stdout, upgrade.stderr[-2000:]
+    upgraded = open_db(old_uri, storage_options=s3["options"]).dataset("filters").to_table(columns=["model_id", "model_key"])
+    assert upgraded.column("model_key").to_pylist() == [model_key(m) for m in upgraded.column("model_id").to_pylist()]
+    assert no_local_copy(folder)
