@@ -308,11 +308,15 @@ def old_layout_copy(db, path):
     return path
 
 
-def test_an_older_db_without_model_key_gives_the_same_numbers_and_upgrades_in_place(db, tmp_path, ray_session):
+def test_an_older_db_without_model_key_gives_the_same_numbers_and_upgrades_in_place(db, tmp_path, ray_session, capsys):
+    from flows.cli import main
     from ops.db import open_db
 
     old = old_layout_copy(db, tmp_path / "old")
     assert open_db(old).missing_columns() == ["model_key"]
+    assert main(["shifts", "--db", str(old), "--by", "task"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "has no model_key column" in printed and f"filterdb upgrade --db {old}" in printed
     assert shifts.resolve_axis(old, "task").column == "task"  # read as strings
     expected = run_shift_axes(db, "task,model_id,width", write=False, reuse=False, progress=False)
     before = run_shift_axes(old, "task,model_id,width", write=False, reuse=False, progress=False)
@@ -323,7 +327,7 @@ def test_an_older_db_without_model_key_gives_the_same_numbers_and_upgrades_in_pl
     stored = upgraded.to_table(columns=["model_id", "model_key", "weights"])
     for name in original.column_names:  # same rows, the key of each id (the added column is nullable)
         assert stored.column(name).equals(original.column(name)), name
-    assert open_db(old).snapshots().kind.tolist() == ["upgrade"]
+    assert open_db(old).snapshots().kind.tolist() == ["shifts", "upgrade"]  # the command above, then the upgrade
     after = run_shift_axes(old, "task,model_id,width", write=False, reuse=False, progress=False)
     for name in expected:
         assert_identical(before[name], expected[name], f"{name}, read as strings")
