@@ -265,24 +265,31 @@ def _read_kept_blocks(db: FilterDB, version: int, predicate: str | None, fragmen
     read_args = (db.root, db.storage_options, version, plan["filter"], columns, axes, batch_rows)
     run = uuid.uuid4().hex
     held = [HeldBlocks(holder, run, read_args) for holder in _holders(concurrency)]
-    running, moments = {}, Moments()
-
-    def submit(group, i):
-        running[held[i].holder.read.remote(run, read_args, group)] = (group, i)
-        if group not in held[i].groups:
-            held[i].groups.append(group)
-
     for n, group in enumerate(fragment_groups):
-        submit(group, n % len(held))
+        held[n % len(held)].groups.append(group)
+    running, merged, moments = {}, set(), Moments()
+
+    def submit(i: int, g: int) -> None:
+        holder = held[i].holder
+        running[holder.read.remote(run, read_args, held[i].groups[g])] = (i, g, holder)
+
+    for i, h in enumerate(held):
+        for g in range(len(h.groups)):
+            submit(i, g)
     while running:
         done, _ = ray.wait(list(running), num_returns=1)
-        group, i = running.pop(done[0])
+        i, g, holder = running.pop(done[0])
         try:
-            moments = moments.merge(ray.get(done[0]))
+            partial = ray.get(done[0])
         except RayActorError:
-            held[i].groups.remove(group)
-            held[i].reread()  # what it had read is gone with it
-            submit(group, i)
+            if held[i].holder == holder:  # the first of its reads to fail: all its groups again, on a new holder
+                held[i].holder = _replace_holder(holder)
+                for other in range(len(held[i].groups)):
+                    submit(i, other)
+            continue
+        if (i, g) not in merged:  # a group read again for its blocks has had its moments counted
+            merged.add((i, g))
+            moments = moments.merge(partial)
     return [h for h in held if h.groups], moments
 
 

@@ -213,6 +213,29 @@ def test_a_holder_that_dies_between_steps_is_replaced_and_its_fragments_read_aga
     assert_identical(run_shifts(db, "task", cache=True, write=False, reuse=False, progress=False), by_task, "new holders")
 
 
+def test_a_holder_dead_before_its_reads_is_replaced_and_every_group_counted_once(db, by_task, ray_session, monkeypatch):
+    # Its two reads both fail: the first failure moves all its groups to a new holder, the second is
+    # ignored; a group whose moments were counted is not counted again.
+    import ray
+
+    import flows.shifts
+
+    pool, killed = flows.shifts._holders, []
+
+    def dead_first(concurrency=None):
+        holders = pool(concurrency)
+        if not killed:
+            killed.append(holders[0])
+            ray.kill(holders[0])
+        return holders
+
+    monkeypatch.setattr(flows.shifts, "_holders", dead_first)
+    result = run_shifts(db, "task", cache=True, write=False, reuse=False, progress=False)
+    assert killed and all(killed[0] not in p for p in flows.shifts._POOL.values())
+    assert result.basis.n == by_task.basis.n
+    assert_identical(result, by_task, "a holder dead before its reads")
+
+
 def test_aggregates_merged_in_any_order_equal_those_of_all_rows():
     rng = np.random.default_rng(7)
     n = 60000
