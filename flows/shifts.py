@@ -143,8 +143,11 @@ def _read_and_scale(root: str, storage_options: dict | None, version: int, predi
 
 
 def _moments_of_block(block: pa.Table | list[ScaledBlock]) -> Moments:
-    """Step 2 of a block, kept or as read from Lance."""
-    return _merged(_scaled_parts(block), Moments(), Moments.of_block)
+    """Step 2 of a block, kept or as read from Lance (then each batch's moments are taken as it is
+    scaled, in one pass)."""
+    if isinstance(block, list):
+        return _merged(block, Moments(), Moments.of_block)
+    return _merged((b for b in block.to_batches() if b.num_rows), Moments(), lambda batch: Moments.of(weights_array(batch.column("weights"))))
 
 
 def _range_of_block(block: pa.Table | list[ScaledBlock], basis: Basis) -> CoefficientRange:
@@ -205,11 +208,17 @@ def _holders(concurrency: int | None = None) -> list:
     key = (ray.get_runtime_context().get_job_id(), nodes)
     if key not in _POOL:
         release_holders()
-        holder = ray.remote(num_cpus=0, max_restarts=0)(BlockHolder)
-        _POOL[key] = [holder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
-                      for node, cpus in nodes for _ in range(cpus)] or [holder.remote()]
+        _POOL[key] = [_holder_actor().options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
+                      for node, cpus in nodes for _ in range(cpus)] or [_holder_actor().remote()]
     pool = _POOL[key]
     return pool[: concurrency or len(pool)]
+
+
+@functools.cache
+def _holder_actor():
+    import ray
+
+    return ray.remote(num_cpus=0, max_restarts=0)(BlockHolder)
 
 
 def release_holders() -> None:
@@ -225,9 +234,7 @@ def release_holders() -> None:
 
 def _replace_holder(dead) -> object:
     """A new holder in place of one that died (its node lost, its process killed), in the pool too."""
-    import ray
-
-    replacement = ray.remote(num_cpus=0, max_restarts=0)(BlockHolder).remote()
+    replacement = _holder_actor().remote()
     for pool in _POOL.values():
         pool[:] = [replacement if actor == dead else actor for actor in pool]
     return replacement

@@ -90,8 +90,8 @@ def resolve_axis(db: str | os.PathLike | FilterDB, by: str, depth_bins: int = DE
         return Axis(by, "conv_depth_norm", depth_bins=depth_bins)
     db = as_db(db)
     model_columns = db.columns("models") if db.dataset("models") is not None else []
-    per_model = by == "model_id" or by in META_COLUMNS or (by in model_columns and by not in FILTERS_SCHEMA.names)
-    if per_model and "model_key" in db.columns("filters") and (by == "model_id" or by in model_columns):
+    per_model = by == "model_id" or (by in model_columns and (by in META_COLUMNS or by not in FILTERS_SCHEMA.names))
+    if per_model and "model_key" in db.columns("filters"):
         mapping = _per_model_values(db, by)
         if mapping is not None:
             return Axis(by, "model_key", mapping=mapping)
@@ -110,14 +110,13 @@ def _per_model_values(db: FilterDB, by: str) -> dict[int, str | None] | None:
     """model_key -> the value of `by` of every ok model, or None when two of their ids share a key."""
     columns = ["model_id"] if by == "model_id" else ["model_id", by]
     table = db.models(columns=columns, where="status = 'ok'", as_="arrow")
-    ids, values = table.column("model_id").to_pylist(), table.column(by).to_pylist()
-    mapping = {}
-    for model_id, value in zip(ids, values):
+    mapping, owner = {}, {}
+    for model_id, value in zip(table.column("model_id").to_pylist(), table.column(by).to_pylist()):
         key = model_key(model_id)
-        if mapping.get(key, value) != value:
+        if owner.setdefault(key, model_id) != model_id:
             return None
         mapping[key] = value
-    return mapping if len({model_key(i) for i in set(ids)}) == len(set(ids)) else None
+    return mapping
 
 
 def selection_predicate(where: str | None, has_transposed: bool = True) -> str | None:
