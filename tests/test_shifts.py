@@ -696,6 +696,21 @@ def test_scaling_rounds_half_to_even_like_numpy():
     assert {0.0, 2.0, -2.0} <= set(expected.ravel())  # 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -1.5 -> -2
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 33, 2047, 2048, 2049, 4111])
+def test_scaling_equals_the_numpy_formula_at_every_size(n):
+    # Rows are transposed 16 at a time, then the rest one by one, a chunk of 2048 at a time.
+    rng = np.random.default_rng(n)
+    weights = (rng.standard_normal((n, 9)) * rng.lognormal(-2, 1, (n, 1))).astype(np.float32)
+    weights[::7] = 0
+    peak = np.abs(weights).max(axis=1, keepdims=True)
+    peak[peak == 0] = 1
+    expected = np.rint((weights / peak).astype(np.float32) * np.float32(2**24))
+    np.testing.assert_array_equal(shifts.scaled_q(weights).T, expected)
+    block, moments = shifts.scaled_block_and_moments(weights, [])
+    np.testing.assert_array_equal(block.q.T, expected)
+    assert moments.total.tolist() == expected.astype(np.int64).sum(axis=0).tolist()
+
+
 def test_bin_counting_equals_the_numpy_formula_bit_for_bit():
     # The compiled loop against the same formula in numpy: bin = clip((a @ q) * factor + shift, 0,
     # bins - 1) truncated, a multiply then an add; several axes with other group counts, odd sizes.

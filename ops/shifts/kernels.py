@@ -14,7 +14,9 @@ about 75 ns of CPU per filter; here each row is loaded once and its nine coeffic
 (`filterdb bench shifts --steps` prints both). Loops whose rows are independent are written so that LLVM
 vectorizes them across rows: one row's nine values are locals, the reductions are integer min / max and
 sums (a float min / max reduction is not vectorized without fast-math flags), and the counting, which
-cannot be vectorized, runs over bin indices computed by a vectorized loop first.
+cannot be vectorized, runs over bin indices computed by a vectorized loop first. The stored (n, 9)
+weights are transposed 16 filters at a time by a kernel written in LLVM IR (`_transpose16`), the one
+thing numba's loops do not vectorize.
 
 Compiled on first use and cached next to this file (`cache=True`; NUMBA_CACHE_DIR moves the cache).
 """
@@ -23,6 +25,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 N_COMPONENTS = 9
 SCALE32 = np.float32(2.0**24)
@@ -71,26 +77,75 @@ def _rows(q, start, stop):
             q[6, start:stop], q[7, start:stop], q[8, start:stop])
 
 
-@_jit
-def scale_into(weights, out, start):
-    """out[:, start:start + n] = the integers q of the (n, 9) float32 `weights` (float32): every filter
-    divided by its own max |w| (1 for an all-zero filter), times 2^24, rounded half to even."""
-    for i in range(np.uint64(weights.shape[0])):
-        w0, w1, w2, w3, w4, w5, w6, w7, w8 = (weights[i, 0], weights[i, 1], weights[i, 2], weights[i, 3], weights[i, 4],
-                                              weights[i, 5], weights[i, 6], weights[i, 7], weights[i, 8])
+@intrinsic
+def _transpose16(typingctx, weights, row, out, column):
+    """out[k, column + j] = weights[row + j, k] for j < 16, k < 9, for (n, 9) C-contiguous weights and
+    (9, L) rows: one load of the 144 values, nine shuffles, nine stores of 16. Why by hand: LLVM's
+    vectorizer groups strided loads of at most 8 (`-max-interleave-group-factor`), and loads a
+    filter's nine values one by one, about 5 ns a filter; this takes 2-3 (`filterdb bench shifts
+    --steps`)."""
+    if not (isinstance(weights, types.Array) and weights.layout == "C" and weights.ndim == 2 and isinstance(out, types.Array) and out.ndim == 2):
+        return None  # rows of nine values one after another, or no such function
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0])
+        target = context.make_array(signature.args[2])(context, builder, args[2])
+        f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+        first = builder.gep(source.data, [builder.mul(args[1], ir.Constant(i64, N_COMPONENTS))])
+        values = builder.load(builder.bitcast(first, ir.VectorType(f32, 16 * N_COMPONENTS).as_pointer()), align=4)
+        row_bytes = cgutils.unpack_tuple(builder, target.strides, 2)[0]
+        start = builder.bitcast(builder.gep(target.data, [args[3]]), ir.IntType(8).as_pointer())
+        for k in range(N_COMPONENTS):
+            mask = ir.Constant(ir.VectorType(i32, 16), [k + N_COMPONENTS * j for j in range(16)])
+            component = builder.shuffle_vector(values, ir.Constant(values.type, ir.Undefined), mask)
+            at = builder.gep(start, [builder.mul(row_bytes, ir.Constant(i64, k))])
+            builder.store(component, builder.bitcast(at, ir.VectorType(f32, 16).as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.void(weights, row, out, column), codegen
+
+
+@_inline
+def _transpose_into(weights, first, m, out, column):
+    """out[:, column:column + m] = weights[first:first + m].T"""
+    whole = m - m % 16
+    for i in range(0, whole, 16):
+        _transpose16(weights, first + i, out, column + i)
+    for i in range(whole, m):
+        for k in range(N_COMPONENTS):
+            out[k, column + i] = weights[first + i, k]
+
+
+@_inline
+def _scale_columns(q, start, stop):
+    """Columns start..stop of q, the weights of one filter each, replaced by their integers q."""
+    r0, r1, r2, r3, r4, r5, r6, r7, r8 = _rows(q, start, stop)
+    for i in range(np.uint64(stop - start)):
+        w0, w1, w2, w3, w4, w5, w6, w7, w8 = r0[i], r1[i], r2[i], r3[i], r4[i], r5[i], r6[i], r7[i], r8[i]
         p = max(max(max(abs(w0), abs(w1)), max(abs(w2), abs(w3))), max(max(abs(w4), abs(w5)), max(abs(w6), max(abs(w7), abs(w8)))))
         if p == 0:
             p = np.float32(1.0)
-        r = np.uint64(start) + i
-        out[0, r] = np.rint(w0 / p * SCALE32)
-        out[1, r] = np.rint(w1 / p * SCALE32)
-        out[2, r] = np.rint(w2 / p * SCALE32)
-        out[3, r] = np.rint(w3 / p * SCALE32)
-        out[4, r] = np.rint(w4 / p * SCALE32)
-        out[5, r] = np.rint(w5 / p * SCALE32)
-        out[6, r] = np.rint(w6 / p * SCALE32)
-        out[7, r] = np.rint(w7 / p * SCALE32)
-        out[8, r] = np.rint(w8 / p * SCALE32)
+        r0[i] = np.rint(w0 / p * SCALE32)
+        r1[i] = np.rint(w1 / p * SCALE32)
+        r2[i] = np.rint(w2 / p * SCALE32)
+        r3[i] = np.rint(w3 / p * SCALE32)
+        r4[i] = np.rint(w4 / p * SCALE32)
+        r5[i] = np.rint(w5 / p * SCALE32)
+        r6[i] = np.rint(w6 / p * SCALE32)
+        r7[i] = np.rint(w7 / p * SCALE32)
+        r8[i] = np.rint(w8 / p * SCALE32)
+
+
+@_jit
+def scale_into(weights, out, start):
+    """out[:, start:start + n] = the integers q of the (n, 9) C-contiguous float32 `weights` (float32):
+    every filter divided by its own max |w| (1 for an all-zero filter), times 2^24, rounded half to
+    even. A chunk at a time: transposed into `out` (`_transpose16`), then scaled there, in cache."""
+    n = weights.shape[0]
+    for first in range(0, n, CHUNK):
+        m = min(n, first + CHUNK) - first
+        _transpose_into(weights, first, m, out, start + first)
+        _scale_columns(out, start + first, start + first + m)
 
 
 @_jit
