@@ -59,7 +59,7 @@ from ops.shifts import (
     write_analysis,
 )
 
-__all__ = ["CACHED_BYTES_PER_FILTER", "CACHE_SHARE", "ShiftInputError", "kept_bytes", "keeps_filters", "load_basis", "print_shift_matrix",
+__all__ = ["CACHED_BYTES_PER_FILTER", "CACHE_SHARE", "ShiftInputError", "keep_freed_memory", "kept_bytes", "keeps_filters", "load_basis", "print_shift_matrix",
            "release_holders", "run_shift_axes", "run_shifts", "shifts_command"]
 
 BATCH_ROWS = 1 << 17
@@ -176,7 +176,7 @@ class BlockHolder:
 
     def __init__(self):
         self.blocks: dict[str, list[ScaledBlock]] = {}
-        _keep_freed_memory()
+        keep_freed_memory()
 
     def read(self, run: str, read_args: tuple, fragment_ids: list[int]) -> Moments:
         parts, moments = _read_and_scale(*read_args[:4], fragment_ids, *read_args[4:])
@@ -199,7 +199,7 @@ MMAP_THRESHOLD = 32 << 20
 """glibc's largest mmap threshold on 64-bit systems: smaller allocations come from the heap."""
 
 
-def _keep_freed_memory() -> bool:
+def keep_freed_memory() -> bool:
     """Make glibc's malloc keep the memory this process frees for its next allocations, instead of
     handing it back to the system (allocations above the adaptive mmap threshold, a heap top above
     the trim threshold). Lance decodes every batch into new buffers: handed back and mapped again,

@@ -243,8 +243,8 @@ FREED_MEMORY_PROGRAM = """
 import resource, sys, threading
 import numpy as np
 if sys.argv[1] == "keep":
-    from flows.shifts import _keep_freed_memory
-    assert _keep_freed_memory()
+    from flows.shifts import keep_freed_memory
+    assert keep_freed_memory()
 
 def batches(seed):  # as a decoder's threads allocate: buffers of 256 KB - 12 MB, a few alive at a time
     rng, alive = np.random.default_rng(seed), []
@@ -267,7 +267,7 @@ print(page_faults())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-def test_holders_keep_freed_memory_for_the_next_batches():
+def test_holderskeep_freed_memory_for_the_next_batches():
     # Measured with a real allocator in fresh processes: the holders' setting keeps the pages a
     # decoder frees for its next batches instead of faulting in new ones.
     def faults(mode: str) -> int:
@@ -894,5 +894,6 @@ def test_the_benchmark_prints_and_writes_its_figures(tmp_path, capsys):
     assert "study's recipe" in capsys.readouterr().out
     figures = json.loads(out.read_text())
     assert figures["filters"] == 100_000
-    for key in ("flow_filters_per_s", "study_filters_per_s", "scan_filters_per_s", "peak_rss_bytes", "driver_peak_rss_bytes", "largest_worker_private_bytes"):
+    for key in ("flow_filters_per_s", "study_filters_per_s", "scan_filters_per_s", "scan_kept_memory_filters_per_s", "peak_rss_bytes", "driver_peak_rss_bytes",
+                "largest_worker_private_bytes"):
         assert figures[key] > 0, key
