@@ -11,10 +11,11 @@ several at once (`run_shift_axes`: one basis, one range, the histograms of every
 
 Filter rows are never shuffled nor collected: every call yields one small aggregate, folded on the
 driver as it arrives. A selection too large to keep (CACHE_SHARE of the object store's size) is read from
-filters.lance once per step instead: steps 2, 3 and 4 are each a `read_lance -> map_batches` whose
-batches are scaled as they come (step 1 inside each), and memory then does not depend on the number
-of filters (steps 2-4 read through `db.ray_dataset`). Either way, one adapter per aggregate (`_moments_of_block`, `_range_of_block`,
-`_histograms_of_block`) takes a block of either kind: kept `ScaledBlock`s, or Lance batches it scales.
+filters.lance once per step instead: in steps 2, 3 and 4 the holders each read their groups again
+(`_fold_reads`), scaling every batch as it comes (step 1 inside each) and keeping nothing, so that
+memory does not depend on the number of filters. Either way, one adapter per aggregate
+(`_moments_of_block`, `_range_of_block`, `_histograms_of_block`) takes a block of either kind: kept
+`ScaledBlock`s, or a Lance batch it scales.
 All steps read the same version of filters.lance, and the tables carry it as `db_version`.
 """
 
@@ -22,9 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
 import uuid
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -64,18 +63,13 @@ __all__ = ["CACHED_BYTES_PER_FILTER", "CACHE_SHARE", "ShiftInputError", "keep_fr
 
 BATCH_ROWS = 1 << 17
 TASKS_PER_CPU = 2
-"""Read tasks per CPU at least: one task's fixed costs (opening the dataset, scheduling, one result
+"""Fragment groups (holder calls) per CPU at least: one call's fixed costs (opening the dataset, scheduling, one result
 each in steps 3 and 4) weigh less in fewer tasks, and a second per CPU evens out uneven ones. Measured
 with 8, 4 and 2 tasks on the 10M-filter bench DB on 2 CPUs (five runs each, interleaved, 2026-12-01):
 median 0.53, 0.46 and 0.47 s."""
 ROWS_PER_TASK = 1 << 22
-"""Filters per read task of the kept path at most (it holds about 40 bytes a filter, 160 MB, before it
-returns), so that a worker's memory does not grow with the DB."""
-STREAMED_ROWS_PER_TASK = 1 << 20
-"""The same when reading once per step, where each step's task holds its whole block as read (44 bytes a
-filter for one axis) and fewer tasks save little against three reads. Largest private memory of a
-worker (USS, sampled every 100 ms, one run each, 2026-12-01) at 10M and 100M filters: 434 and 594 MB
-with blocks of 2.5 and 3.8M filters, 307 and 381 MB with this cap."""
+"""Filters per fragment group at most: what one holder call reads, and reads again if its holder dies.
+(Memory does not depend on it: a call reading once per step holds one batch at a time.)"""
 
 CACHE_SHARE = 0.25
 """Largest share of the size of the cluster's object store the peak-scaled filters may take to be kept
@@ -102,18 +96,16 @@ def keeps_filters(rows: int, n_axes: int = 1) -> bool:
     return kept_bytes(rows, n_axes) <= CACHE_SHARE * ray.cluster_resources().get("object_store_memory", 0)
 
 
-# --- per block: one adapter per aggregate, for a kept block and a block read from Lance alike --------
+# --- per block: one adapter per aggregate, for kept blocks and a batch read from Lance alike ----------
 
 
-def _scaled_parts(block: pa.Table | list[ScaledBlock], axes: tuple[Axis, ...] = ()):
-    """The `ScaledBlock`s of a block: a kept block is a list of them; a block read from Lance is
-    scaled here, record batch by record batch (with the groups of `axes`), without concatenating."""
+def _scaled_parts(block: pa.RecordBatch | list[ScaledBlock], axes: tuple[Axis, ...] = ()):
+    """The `ScaledBlock`s of a block: kept blocks are a list of them; a batch read from Lance is scaled
+    here (with the groups of `axes`)."""
     if isinstance(block, list):
         yield from block
-        return
-    for batch in block.to_batches():
-        if batch.num_rows:
-            yield ScaledBlock.of(weights_array(batch.column("weights")), groupings_of(batch, axes))
+    else:
+        yield ScaledBlock.of(weights_array(block.column("weights")), groupings_of(block, axes))
 
 
 def _merged(parts, initial, of_part):
@@ -123,65 +115,93 @@ def _merged(parts, initial, of_part):
     return result
 
 
-def _read_and_scale(root: str, storage_options: dict | None, version: int, predicate: str | None, fragment_ids: list[int],
-                    columns: list[str], axes: tuple[Axis, ...], batch_rows: int) -> tuple[list[ScaledBlock], Moments]:
-    """Steps 1 and 2 of a group of fragments, in one Ray task: the fragments read at the pinned
-    version through the DB object (`predicate` with the visible-rows condition of `read_plan`),
-    scaled batch by batch into the `ScaledBlock`s the flow keeps (with the group of every axis), and
-    their moments, taken as they are scaled."""
-    from ops.db import open_db
+@dataclass(frozen=True)
+class FragmentScan:
+    """How a holder reads groups of fragments of the selection: at the version the selection pinned,
+    through the DB object, `predicate` with the visible-rows condition of `read_plan` pushed down."""
 
-    filters = open_db(root, storage_options=storage_options, must_exist=False).dataset_at("filters", version)
-    scanner = filters.scanner(columns=columns, filter=predicate, fragments=[filters.get_fragment(i) for i in fragment_ids], batch_size=batch_rows)
+    root: str
+    storage_options: dict | None
+    version: int
+    predicate: str | None
+    columns: tuple[str, ...]
+    batch_rows: int
+
+    @classmethod
+    def of(cls, db: FilterDB, version: int, predicate: str | None, columns: list[str], batch_rows: int) -> FragmentScan:
+        return cls(db.root, db.storage_options, version, db.read_plan("filters", predicate)["filter"], tuple(columns), batch_rows)
+
+    def batches(self, fragment_ids: list[int]):
+        """The record batches of these fragments that hold rows of the selection."""
+        from ops.db import open_db
+
+        filters = open_db(self.root, storage_options=self.storage_options, must_exist=False).dataset_at("filters", self.version)
+        scanner = filters.scanner(columns=list(self.columns), filter=self.predicate, fragments=[filters.get_fragment(i) for i in fragment_ids],
+                                  batch_size=self.batch_rows)
+        return (batch for batch in scanner.to_batches() if batch.num_rows)
+
+
+def _read_and_scale(scan: FragmentScan, fragment_ids: list[int], axes: tuple[Axis, ...]) -> tuple[list[ScaledBlock], Moments]:
+    """Steps 1 and 2 of a group of fragments: scaled batch by batch into the `ScaledBlock`s the flow
+    keeps (with the group of every axis), and their moments, taken as they are scaled."""
     parts, moments = [], Moments()
-    for batch in scanner.to_batches():
-        if batch.num_rows:
-            part, partial = scaled_block_and_moments(weights_array(batch.column("weights")), groupings_of(batch, axes))
-            parts.append(part)
-            moments = moments.merge(partial)
+    for batch in scan.batches(fragment_ids):
+        part, partial = scaled_block_and_moments(weights_array(batch.column("weights")), groupings_of(batch, axes))
+        parts.append(part)
+        moments = moments.merge(partial)
     return parts, moments  # no parts where the predicate left no row of these fragments
 
 
-def _moments_of_block(block: pa.Table | list[ScaledBlock]) -> Moments:
-    """Step 2 of a block, kept or as read from Lance (then each batch's moments are taken as it is
-    scaled, in one pass)."""
+def _moments_of_block(block: pa.RecordBatch | list[ScaledBlock]) -> Moments:
+    """Step 2 of kept blocks or of a batch as read from Lance (scaled and summed in one pass)."""
     if isinstance(block, list):
         return _merged(block, Moments(), Moments.of_block)
-    return _merged((b for b in block.to_batches() if b.num_rows), Moments(), lambda batch: Moments.of(weights_array(batch.column("weights"))))
+    return Moments.of(weights_array(block.column("weights")))
 
 
-def _range_of_block(block: pa.Table | list[ScaledBlock], basis: Basis) -> CoefficientRange:
-    """Step 3 of a block, kept or as read from Lance."""
+def _range_of_block(block: pa.RecordBatch | list[ScaledBlock], basis: Basis) -> CoefficientRange:
+    """Step 3 of kept blocks or of a batch as read from Lance."""
     return _merged(_scaled_parts(block), CoefficientRange(), lambda part: CoefficientRange.of_block(part, basis))
 
 
-def _histograms_of_block(block: pa.Table | list[ScaledBlock], axes: tuple[Axis, ...], basis: Basis, value_range: CoefficientRange, bins: int,
+def _histograms_of_block(block: pa.RecordBatch | list[ScaledBlock], axes: tuple[Axis, ...], basis: Basis, value_range: CoefficientRange, bins: int,
                          range_mode: str) -> AxesHistograms:
-    """Step 4 of a block, kept or as read from Lance: the histograms of every axis in one pass."""
+    """Step 4 of kept blocks or of a batch as read from Lance: the histograms of every axis in one pass."""
     return _merged(_scaled_parts(block, axes), AxesHistograms.empty(len(axes), value_range, bins, range_mode),
                    lambda part: AxesHistograms.of_block(part, basis, value_range, bins, range_mode))
 
 
-# --- the kept path: blocks held by actors between the steps ------------------------------------------
+# --- the holders: Ray actors that read the fragments, and keep the blocks between the steps -----------
 
 
 class BlockHolder:
-    """A Ray actor that reads groups of fragments into `ScaledBlock`s (steps 1 and 2) and keeps them in
-    its own memory for steps 3 and 4, which then run where the blocks are, without copying them.
+    """A Ray actor that reads groups of fragments. Kept path: into `ScaledBlock`s (steps 1 and 2) kept
+    in its own memory for steps 3 and 4, which then run where the blocks are, without copying them.
+    Read once per step: one aggregate per group, batch by batch, nothing kept (`fold`).
 
     Why not Ray's object store: a task's blocks returned to it are copied into freshly mapped shared
     memory, whose page faults cost about 0.2 s of the 0.5 s read step on the 10M-filter bench DB
     (`filterdb bench shifts`; the same tasks returning nothing took 0.29 s). The blocks of several
-    analyses at once are kept apart by their run id."""
+    analyses at once are kept apart by their run id. Why not Ray Data's tasks, when reading once per
+    step: their worker processes hand freed memory back (`keep_freed_memory`), and each pass took
+    about twice as long as a holder's."""
 
     def __init__(self):
         self.blocks: dict[str, list[ScaledBlock]] = {}
         keep_freed_memory()
 
-    def read(self, run: str, read_args: tuple, fragment_ids: list[int]) -> Moments:
-        parts, moments = _read_and_scale(*read_args[:4], fragment_ids, *read_args[4:])
+    def read(self, run: str, scan: FragmentScan, axes: tuple[Axis, ...], fragment_ids: list[int]) -> Moments:
+        parts, moments = _read_and_scale(scan, fragment_ids, axes)
         self.blocks.setdefault(run, []).extend(parts)
         return moments
+
+    def fold(self, scan: FragmentScan, fragment_ids: list[int], block_fn, kwargs: dict):
+        """block_fn of every batch of the fragments as read, merged; None where no row was selected."""
+        result = None
+        for batch in scan.batches(fragment_ids):
+            partial = block_fn(batch, **kwargs)
+            result = partial if result is None else result.merge(partial)
+        return result
 
     def apply(self, run: str, block_fn, kwargs: dict):
         return block_fn(self.blocks.get(run, []), **kwargs)
@@ -270,38 +290,37 @@ class HeldBlocks:
 
     holder: object
     run: str
-    read_args: tuple
+    scan: FragmentScan
+    axes: tuple[Axis, ...]
     groups: list[list[int]] = field(default_factory=list)
 
     def reread(self) -> None:
         import ray
 
         self.holder = _replace_holder(self.holder)
-        ray.get([self.holder.read.remote(self.run, self.read_args, group) for group in self.groups])
+        ray.get([self.holder.read.remote(self.run, self.scan, self.axes, group) for group in self.groups])
 
     def release(self) -> None:
         self.holder.release.remote(self.run)
 
 
-def _read_kept_blocks(db: FilterDB, version: int, predicate: str | None, fragment_groups: list[list[int]], columns: list[str],
-                      axes: tuple[Axis, ...], batch_rows: int, concurrency: int | None = None) -> tuple[list[HeldBlocks], Moments]:
+def _read_kept_blocks(scan: FragmentScan, fragment_groups: list[list[int]], axes: tuple[Axis, ...],
+                      concurrency: int | None = None) -> tuple[list[HeldBlocks], Moments]:
     """Steps 1 and 2 of the kept path: the fragment groups dealt out to the holders (`_holders`; each
     runs its reads one after another, so `concurrency` holders read at a time), their moments merged
     on the driver as they come. A group whose holder dies is read by another."""
     import ray
     from ray.exceptions import RayActorError
 
-    plan = db.read_plan("filters", predicate)
-    read_args = (db.root, db.storage_options, version, plan["filter"], columns, axes, batch_rows)
     run = uuid.uuid4().hex
-    held = [HeldBlocks(holder, run, read_args) for holder in _holders(concurrency)]
+    held = [HeldBlocks(holder, run, scan, axes) for holder in _holders(concurrency)]
     for n, group in enumerate(fragment_groups):
         held[n % len(held)].groups.append(group)
     running, merged, moments = {}, set(), Moments()
 
     def submit(i: int, g: int) -> None:
         holder = held[i].holder
-        running[holder.read.remote(run, read_args, held[i].groups[g])] = (i, g, holder)
+        running[holder.read.remote(run, scan, axes, held[i].groups[g])] = (i, g, holder)
 
     for i, h in enumerate(held):
         for g in range(len(h.groups)):
@@ -342,47 +361,54 @@ def _fold_blocks(blocks: list[HeldBlocks], block_fn, initial, concurrency: int |
     return result
 
 
-def _fold(dataset, block_fn, initial, concurrency: int | None = None, **kwargs):
-    """map_batches(block_fn) over whole blocks read from Lance, partial aggregates merged on the driver
-    as they come. `concurrency` must be the read's too: read and map fuse into one task only when
-    they agree, otherwise every block travels through the object store."""
-    result = initial
-    partials = dataset.map_batches(_pickled(block_fn), batch_format="pyarrow", batch_size=None, concurrency=concurrency, fn_kwargs=kwargs)
-    for batch in partials.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
-        for blob in batch.column("partial").to_pylist():
-            result = result.merge(pickle.loads(blob))
+def _fold_reads(reads: tuple[FragmentScan, list[list[int]]], block_fn, initial, concurrency: int | None = None, **kwargs):
+    """One step read from Lance: every fragment group of `reads` (scan, groups) read by a holder, which
+    returns block_fn of its batches merged; merged on the driver as they come. Nothing is kept, so a
+    group whose holder dies is simply read again by a new holder."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    scan, groups = reads
+    holders, replaced, running, result = _holders(concurrency), {}, {}, initial
+
+    def submit(holder, group: list[int]) -> None:
+        running[holder.fold.remote(scan, group, block_fn, kwargs)] = (holder, group)
+
+    for n, group in enumerate(groups):
+        submit(holders[n % len(holders)], group)
+    while running:
+        done, _ = ray.wait(list(running), num_returns=1)
+        holder, group = running.pop(done[0])
+        try:
+            partial = ray.get(done[0])
+        except RayActorError:
+            if holder not in replaced:
+                replaced[holder] = _replace_holder(holder)
+            submit(replaced[holder], group)
+            continue
+        if partial is not None:
+            result = result.merge(partial)
     return result
-
-
-def _pickled(block_fn):
-    """block_fn returning its aggregate as the one-row table map_batches wants (named as block_fn, as
-    Ray Data's progress shows it)."""
-
-    @functools.wraps(block_fn)
-    def partial_of_block(block: pa.Table, **kwargs) -> pa.Table:
-        return pa.table({"partial": pa.array([pickle.dumps(block_fn(block, **kwargs), protocol=5)], pa.binary())})
-
-    return partial_of_block
 
 
 # --- the flow ----------------------------------------------------------------------------------------
 
 
-
 @contextmanager
-def _data_context(progress: bool):
-    """Ray Data settings of the passes, restored afterwards. Each pass is one fused operator (read +
-    aggregate) whose outputs are a few KB: the share of resources Ray Data otherwise reserves for
-    downstream operators only halves the parallelism (one task at a time on 2 CPUs)."""
-    import ray
+def _progress_of(progress: bool, clock: StepClock):
+    """The steps' runner: `clock`, and with `progress` the step under way and its seconds on the
+    terminal (nothing where stderr is not one)."""
+    if not progress:
+        yield clock
+        return
+    from rich.console import Console
 
-    context = ray.data.DataContext.get_current()
-    saved = context.enable_progress_bars, context.op_resource_reservation_enabled
-    context.enable_progress_bars, context.op_resource_reservation_enabled = progress, False
-    try:
-        yield
-    finally:
-        context.enable_progress_bars, context.op_resource_reservation_enabled = saved
+    with Console(stderr=True).status("shift analysis") as status:
+        def step(name: str, fn):
+            status.update(f"shift analysis: {name}")
+            return clock(name, fn)
+
+        yield step
 
 
 def run_shifts(db: str | os.PathLike | FilterDB, by: str, **options) -> ShiftResult:
@@ -420,13 +446,13 @@ def run_shift_axes(
     `basis` reuses the basis and coefficient range stored in a DB folder / basis.lance so that analyses
     of subsets stay comparable (`basis_selection` picks one of several stored there); without it, a
     basis stored for the same selection of the same DB version is reused (`reuse`), which skips steps
-    2 and 3. Writes DIR/analysis/ tables unless write=False. `concurrency` caps the parallel
-    read+aggregate tasks.
+    2 and 3. Writes DIR/analysis/ tables unless write=False. `concurrency` caps the holders that read
+    at a time (default: one per CPU).
 
-    `cache`: read filters.lance once and keep the peak-scaled filters in Ray's object store for steps
-    2-4 (True), or read it once per step (False); by default, cache when all rows of filters.lance (an
-    upper bound of the selection) take at most CACHE_SHARE of the cluster's object store
-    (`keeps_filters`). `timings` receives the seconds of each step that ran, by name: "read" (steps 1
+    `cache`: read filters.lance once and keep the peak-scaled filters in the holders' memory for steps
+    2-4 (True), or read it once per step (False); by default, keep them when all rows of filters.lance
+    (an upper bound of the selection) take at most CACHE_SHARE of the cluster's object store
+    (`keeps_filters`). `progress`: show the step under way. `timings` receives the seconds of each step that ran, by name: "read" (steps 1
     and 2, when kept), "moments" (2, read once per step), "range" (3), "histograms" (4). Writing the
     tables records a DB snapshot of kind "shifts"."""
     selection = select_filters(db, by, where, bins, depth_bins, range_mode, sort)
@@ -437,51 +463,45 @@ def run_shift_axes(
 
     ensure_ray(address)
 
-    # Read tasks of whole fragments, a multiple of the CPUs (no last wave on a few of them), at least
-    # TASKS_PER_CPU per CPU and at most about ROWS_PER_TASK (STREAMED_ROWS_PER_TASK) filters each, each task's rows passed on as
-    # whole blocks: Ray's default cuts blocks into pieces of a few thousand rows, where per-block
-    # overhead dominates.
+    # Groups of whole fragments, a multiple of the CPUs (no last wave on a few of them), at least
+    # TASKS_PER_CPU per CPU and at most about ROWS_PER_TASK filters each.
     cpus = int(ray.cluster_resources().get("CPU", 1))
     fragments = filters.get_fragments()
     rows = sum(f.count_rows() for f in fragments)
     if cache is None:
         cache = keeps_filters(rows, len(axes))
-    rows_per_task = ROWS_PER_TASK if cache else STREAMED_ROWS_PER_TASK
-    n_tasks = max(1, min(len(fragments), cpus * max(TASKS_PER_CPU, -(-rows // (cpus * rows_per_task)))))
+    n_tasks = max(1, min(len(fragments), cpus * max(TASKS_PER_CPU, -(-rows // (cpus * ROWS_PER_TASK)))))
+    ids = [fragment.metadata.id for fragment in fragments]
+    groups = [[int(i) for i in group] for group in np.array_split(ids, n_tasks) if len(group)]
     axis_columns = list(dict.fromkeys(axis.column for axis in axes))
 
-    def read(columns):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # `filter=` is the push-down we want
-            # the version the selection pinned, the rows of complete models only (ops.db)
-            return db.ray_dataset("filters", where=predicate, columns=columns, scanner_options={"batch_size": batch_rows},
-                                  override_num_blocks=n_tasks, concurrency=concurrency)
+    def reads(columns):
+        return FragmentScan.of(db, version, predicate, columns, batch_rows), groups
 
     clock, histograms, basis_over = StepClock(timings), None, predicate  # basis_over: the selection the basis was computed over
     histogram_options = {"axes": axes, "bins": bins, "range_mode": range_mode}
-    with _data_context(progress):
+    with _progress_of(progress, clock) as step:
         if stored is not None:  # steps 2 and 3 done by an earlier run
             found, value_range, basis_over = stored.basis, stored.value_range, stored.selection
         elif cache:
-            # Each step needs the previous one's result: steps 1 and 2 once, the scaled blocks kept in
-            # the object store for steps 3 and 4.
-            ids = [fragment.metadata.id for fragment in fragments]
-            groups = [[int(i) for i in group] for group in np.array_split(ids, n_tasks) if len(group)]
-            blocks, moments = clock("read", lambda: _read_kept_blocks(db, version, predicate, groups, ["weights", *axis_columns], axes, batch_rows, concurrency))
+            # Each step needs the previous one's result: steps 1 and 2 once, the scaled blocks kept by
+            # the holders for steps 3 and 4.
+            scan = FragmentScan.of(db, version, predicate, ["weights", *axis_columns], batch_rows)
+            blocks, moments = step("read", lambda: _read_kept_blocks(scan, groups, axes, concurrency))
             found = moments.basis()
-            value_range = clock("range", lambda: _fold_blocks(blocks, _range_of_block, CoefficientRange(), concurrency, basis=found))
+            value_range = step("range", lambda: _fold_blocks(blocks, _range_of_block, CoefficientRange(), concurrency, basis=found))
             empty = AxesHistograms.empty(len(axes), value_range, bins, range_mode)
             try:
-                histograms = clock("histograms", lambda: _fold_blocks(blocks, _histograms_of_block, empty, concurrency, basis=found, value_range=value_range, **histogram_options))
+                histograms = step("histograms", lambda: _fold_blocks(blocks, _histograms_of_block, empty, concurrency, basis=found, value_range=value_range, **histogram_options))
             finally:
                 for held in blocks:
                     held.release()
         else:
-            found = clock("moments", lambda: _fold(read(["weights"]), _moments_of_block, Moments(), concurrency).basis())
-            value_range = clock("range", lambda: _fold(read(["weights"]), _range_of_block, CoefficientRange(), concurrency, basis=found))
+            found = step("moments", lambda: _fold_reads(reads(["weights"]), _moments_of_block, Moments(), concurrency).basis())
+            value_range = step("range", lambda: _fold_reads(reads(["weights"]), _range_of_block, CoefficientRange(), concurrency, basis=found))
         if histograms is None:
             empty = AxesHistograms.empty(len(axes), value_range, bins, range_mode)
-            histograms = clock("histograms", lambda: _fold(read(["weights", *axis_columns]), _histograms_of_block, empty, concurrency, basis=found, value_range=value_range, **histogram_options))
+            histograms = step("histograms", lambda: _fold_reads(reads(["weights", *axis_columns]), _histograms_of_block, empty, concurrency, basis=found, value_range=value_range, **histogram_options))
     for axis, axis_histograms in zip(axes, histograms.axes):
         check_groups(axis.name, sorted(axis_histograms.counts), predicate, db.table_uri("filters"))
     results = {

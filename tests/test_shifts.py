@@ -175,8 +175,8 @@ def test_results_do_not_depend_on_the_order_partial_results_merge_in(db, by_task
     def shuffled(blocks, *args, **kwargs):
         return fold([blocks[i] for i in permutation(len(blocks))], *args, **kwargs)
 
-    def read_shuffled(db, version, predicate, groups, *args, **kwargs):
-        return read(db, version, predicate, [groups[i] for i in permutation(len(groups))], *args, **kwargs)
+    def read_shuffled(scan, groups, *args, **kwargs):
+        return read(scan, [groups[i] for i in permutation(len(groups))], *args, **kwargs)
 
     monkeypatch.setattr(flows.shifts, "_fold_blocks", shuffled)
     monkeypatch.setattr(flows.shifts, "_read_kept_blocks", read_shuffled)
@@ -237,6 +237,28 @@ def test_a_holder_dead_before_its_reads_is_replaced_and_every_group_counted_once
     assert killed and all(killed[0] not in p for p in flows.shifts._POOL.values())
     assert result.basis.n == by_task.basis.n
     assert_identical(result, by_task, "a holder dead before its reads")
+
+
+def test_a_holder_dead_while_reading_once_per_step_is_replaced_and_its_groups_read_again(db, by_task, ray_session, monkeypatch):
+    # Nothing is kept: each of its groups is read by the one new holder, in every step.
+    import ray
+
+    import flows.shifts
+
+    pool, killed = flows.shifts._holders, []
+
+    def dead_first(concurrency=None):
+        holders = pool(concurrency)
+        if not killed:
+            killed.append(holders[0])
+            ray.kill(holders[0])
+        return holders
+
+    monkeypatch.setattr(flows.shifts, "_holders", dead_first)
+    result = run_shifts(db, "task", cache=False, write=False, reuse=False, progress=False)
+    assert killed and all(killed[0] not in p for p in flows.shifts._POOL.values())
+    assert result.basis.n == by_task.basis.n
+    assert_identical(result, by_task, "a holder dead while reading once per step")
 
 
 FREED_MEMORY_PROGRAM = """
@@ -417,7 +439,7 @@ def test_several_axes_share_one_basis_one_range_and_one_pass(db, ray_session, mo
     import flows.shifts
 
     steps = []
-    for name in ("_fold", "_fold_blocks"):
+    for name in ("_fold_reads", "_fold_blocks"):
         fold = getattr(flows.shifts, name)
         monkeypatch.setattr(flows.shifts, name, lambda *args, fold=fold, **kwargs: steps.append(args[1].__name__) or fold(*args, **kwargs))
     read = flows.shifts._read_kept_blocks
@@ -492,8 +514,8 @@ def test_the_basis_stored_for_the_same_selection_and_version_saves_two_passes(db
     import flows.shifts
 
     passes = []
-    fold = flows.shifts._fold
-    monkeypatch.setattr(flows.shifts, "_fold", lambda *args, **kwargs: passes.append(args[1].__name__) or fold(*args, **kwargs))
+    fold = flows.shifts._fold_reads
+    monkeypatch.setattr(flows.shifts, "_fold_reads", lambda *args, **kwargs: passes.append(args[1].__name__) or fold(*args, **kwargs))
     again = run_shifts(db, "task", write=False, progress=False)
     assert passes == ["_histograms_of_block"]
     np.testing.assert_array_equal(again.kl_weighted, by_task.kl_weighted)
@@ -570,11 +592,11 @@ def fragmented_db(tmp_path_factory, ray_session):
 
 STEPS = {
     "read once": [("_fold_blocks", "_range_of_block"), ("_fold_blocks", "_histograms_of_block")],  # moments in the read's tasks
-    "read once per step": [("_fold", "_moments_of_block"), ("_fold", "_range_of_block"), ("_fold", "_histograms_of_block")],
-    "stored basis": [("_fold", "_histograms_of_block")],
-    "reused basis": [("_fold", "_histograms_of_block")],
+    "read once per step": [("_fold_reads", "_moments_of_block"), ("_fold_reads", "_range_of_block"), ("_fold_reads", "_histograms_of_block")],
+    "stored basis": [("_fold_reads", "_histograms_of_block")],
+    "reused basis": [("_fold_reads", "_histograms_of_block")],
 }
-"""(fold, adapter) of every step that ran: kept blocks are folded by _fold_blocks, Lance reads by _fold."""
+"""(fold, adapter) of every step that ran: kept blocks are folded by _fold_blocks, Lance reads by _fold_reads."""
 
 
 def run_on_path(db, path: str, where: str, monkeypatch):
@@ -586,7 +608,7 @@ def run_on_path(db, path: str, where: str, monkeypatch):
     options = {"read once": {"cache": True, "reuse": False}, "read once per step": {"cache": False, "reuse": False}, "stored basis": {"basis": db}, "reused basis": {}}[path]
     steps = []
     with monkeypatch.context() as patch:
-        for name in ("_fold", "_fold_blocks"):
+        for name in ("_fold_reads", "_fold_blocks"):
             fold = getattr(flows.shifts, name)
             patch.setattr(flows.shifts, name, lambda *args, fold=fold, name=name, **kwargs: steps.append((name, args[1].__name__)) or fold(*args, **kwargs))
         return run_shifts(db, "family", where=where, write=False, progress=False, **options), steps
