@@ -48,6 +48,7 @@ from ops.shifts import (
     ScaledBlock,
     ShiftResult,
     check_groups,
+    drop_spare_blocks,
     groupings_of,
     load_basis,
     scaled_block_and_moments,
@@ -58,7 +59,7 @@ from ops.shifts import (
     write_analysis,
 )
 
-__all__ = ["CACHED_BYTES_PER_FILTER", "CACHE_SHARE", "ShiftInputError", "keep_freed_memory", "kept_bytes", "keeps_filters", "load_basis", "print_shift_matrix",
+__all__ = ["CACHED_BYTES_PER_FILTER", "CACHE_SHARE", "HOLDER_MALLOC", "ShiftInputError", "kept_bytes", "keeps_filters", "load_basis", "print_shift_matrix",
            "release_holders", "run_shift_axes", "run_shifts", "shifts_command"]
 
 BATCH_ROWS = 1 << 17
@@ -183,12 +184,11 @@ class BlockHolder:
     memory, whose page faults cost about 0.2 s of the 0.5 s read step on the 10M-filter bench DB
     (`filterdb bench shifts`; the same tasks returning nothing took 0.29 s). The blocks of several
     analyses at once are kept apart by their run id. Why not Ray Data's tasks, when reading once per
-    step: their worker processes hand freed memory back (`keep_freed_memory`), and each pass took
+    step: their worker processes hand freed memory back (`HOLDER_MALLOC`), and each pass took
     about twice as long as a holder's."""
 
     def __init__(self):
         self.blocks: dict[str, list[ScaledBlock]] = {}
-        keep_freed_memory()
 
     def read(self, run: str, scan: FragmentScan, axes: tuple[Axis, ...], fragment_ids: list[int]) -> Moments:
         parts, moments = _read_and_scale(scan, fragment_ids, axes)
@@ -196,7 +196,10 @@ class BlockHolder:
         return moments
 
     def fold(self, scan: FragmentScan, fragment_ids: list[int], block_fn, kwargs: dict):
-        """block_fn of every batch of the fragments as read, merged; None where no row was selected."""
+        """block_fn of every batch of the fragments as read, merged; None where no row was selected.
+        The memory kept for the blocks of a next analysis is handed back first: reading once per step
+        is the way of selections too large to keep."""
+        drop_spare_blocks()
         result = None
         for batch in scan.batches(fragment_ids):
             partial = block_fn(batch, **kwargs)
@@ -213,26 +216,21 @@ class BlockHolder:
         pa.default_memory_pool().release_unused()
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-"""glibc's mallopt parameters (malloc.h)."""
-MMAP_THRESHOLD = 32 << 20
-"""glibc's largest mmap threshold on 64-bit systems: smaller allocations come from the heap."""
+HOLDER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1), "MALLOC_ARENA_MAX": "2"}
+"""glibc's malloc settings of the holders' processes (environment variables it reads at start; a
+driver's own MALLOC_* values are passed on instead). Keep what they free for their next allocations:
+every allocation below 32 MB (glibc's largest mmap threshold) comes from the heap, which is never
+trimmed. Lance decodes every batch into new buffers: handed back and mapped again, each page of them
+costs a page fault on the next batch, about 20,000 faults per 2.5M filters read (`getrusage`), and
+the read step of the 10M-filter bench DB took 0.28-0.37 s against 0.24-0.27 s with this (five runs
+each, two series, 2026-12-01). Two heaps shared by the threads instead of glibc's 8 per core: each
+heap keeps what it freed, so a process keeps about the sum of their largest sizes; reading the
+100M-filter bench DB once per step, the largest private memory (USS) of a holder was 684 MiB with
+glibc's default and 357 MiB with two (one run each, 2026-12-01), the read step as fast."""
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep the memory this process frees for its next allocations, instead of
-    handing it back to the system (allocations above the adaptive mmap threshold, a heap top above
-    the trim threshold). Lance decodes every batch into new buffers: handed back and mapped again,
-    each page of them costs a page fault on the next batch, about 20,000 faults per 2.5M filters read
-    (`getrusage`), and the read step of the 10M-filter bench DB took 0.28-0.37 s against 0.24-0.27 s
-    with this (five runs each, two series, 2026-12-01). False where the C library is not glibc."""
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError):
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+def _holder_env() -> dict:
+    return {name: os.environ.get(name, value) for name, value in HOLDER_MALLOC.items()}
 
 
 _POOL: dict = {}
@@ -251,8 +249,7 @@ def _holders(concurrency: int | None = None) -> list:
     key = (ray.get_runtime_context().get_job_id(), nodes)
     if key not in _POOL:
         release_holders()
-        _POOL[key] = [_holder_actor().options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
-                      for node, cpus in nodes for _ in range(cpus)] or [_holder_actor().remote()]
+        _POOL[key] = [_new_holder(NodeAffinitySchedulingStrategy(node, soft=True)) for node, cpus in nodes for _ in range(cpus)] or [_new_holder()]
     pool = _POOL[key]
     return pool[: concurrency or len(pool)]
 
@@ -262,6 +259,11 @@ def _holder_actor():
     import ray
 
     return ray.remote(num_cpus=0, max_restarts=0)(BlockHolder)
+
+
+def _new_holder(scheduling_strategy=None):
+    """A BlockHolder in a process of its own, with the holders' malloc settings."""
+    return _holder_actor().options(scheduling_strategy=scheduling_strategy, runtime_env={"env_vars": _holder_env()}).remote()
 
 
 def release_holders() -> None:
@@ -277,7 +279,7 @@ def release_holders() -> None:
 
 def _replace_holder(dead) -> object:
     """A new holder in place of one that died (its node lost, its process killed), in the pool too."""
-    replacement = _holder_actor().remote()
+    replacement = _new_holder()
     for pool in _POOL.values():
         pool[:] = [replacement if actor == dead else actor for actor in pool]
     return replacement

@@ -4,9 +4,9 @@ math piece by piece, bad input (the study's recipe itself: tests/test_shifts_stu
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import sys
-from pathlib import Path
 
 import lance
 import numpy as np
@@ -262,11 +262,8 @@ def test_a_holder_dead_while_reading_once_per_step_is_replaced_and_its_groups_re
 
 
 FREED_MEMORY_PROGRAM = """
-import resource, sys, threading
+import resource, threading
 import numpy as np
-if sys.argv[1] == "keep":
-    from flows.shifts import keep_freed_memory
-    assert keep_freed_memory()
 
 def batches(seed):  # as a decoder's threads allocate: buffers of 256 KB - 12 MB, a few alive at a time
     rng, alive = np.random.default_rng(seed), []
@@ -289,16 +286,28 @@ print(page_faults())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-def test_holderskeep_freed_memory_for_the_next_batches():
-    # Measured with a real allocator in fresh processes: the holders' setting keeps the pages a
-    # decoder frees for its next batches instead of faulting in new ones.
-    def faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", FREED_MEMORY_PROGRAM, mode], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).parent.parent)
+def test_the_holders_malloc_settings_keep_freed_memory_for_the_next_batches():
+    # Measured with the real allocator in fresh processes: with the holders' settings, the pages a
+    # decoder frees serve its next batches instead of new pages being faulted in.
+    from flows.shifts import HOLDER_MALLOC
+
+    def faults(env: dict) -> int:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        out = subprocess.run([sys.executable, "-c", FREED_MEMORY_PROGRAM], env={**clean, **env}, capture_output=True, text=True, check=True)
         return int(out.stdout.split()[-1])
 
-    default, kept = faults("default"), faults("keep")
+    default, kept = faults({}), faults(HOLDER_MALLOC)
     assert kept * 4 < default, (kept, default)
+
+
+def test_holders_run_with_the_malloc_settings(ray_session):
+    import ray
+
+    import flows.shifts
+
+    for holder in flows.shifts._holders():
+        environment = ray.get(holder.__ray_call__.remote(lambda self: dict(os.environ)))
+        assert {name: environment.get(name) for name in flows.shifts.HOLDER_MALLOC} == flows.shifts.HOLDER_MALLOC
 
 
 def test_aggregates_merged_in_any_order_equal_those_of_all_rows():

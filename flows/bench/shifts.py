@@ -190,19 +190,16 @@ def scan_rate(uri: str, repeats: int = 3, batch_rows: int = 1 << 17) -> float:
 
 
 def scan_rate_keeping_freed_memory(uri: str, repeats: int = 3) -> float:
-    """`scan_rate` in a new process whose malloc keeps the memory it frees, as the flow's holders run
-    (`flows.shifts.keep_freed_memory`): the scan without the page faults the flow no longer pays."""
-    import multiprocessing
+    """`scan_rate` in a new process with the malloc settings of the flow's holders
+    (`flows.shifts.HOLDER_MALLOC`): the scan without the page faults the flow no longer pays."""
+    import subprocess
+    import sys
 
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_scan_keeping_freed_memory, (uri, repeats))
+    from flows.shifts import HOLDER_MALLOC
 
-
-def _scan_keeping_freed_memory(uri: str, repeats: int) -> float:
-    from flows.shifts import keep_freed_memory
-
-    keep_freed_memory()
-    return scan_rate(uri, repeats)
+    program = f"from flows.bench.shifts import scan_rate; print(scan_rate({uri!r}, {repeats}))"
+    done = subprocess.run([sys.executable, "-c", program], env={**os.environ, **HOLDER_MALLOC}, capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
 
 
 def study_recipe(uri: str, axes: list[str], bins: int = 70) -> dict[str, np.ndarray]:
