@@ -78,8 +78,9 @@ between steps (by the holders, in their memory: the store's size is the measure 
 hold); a larger selection is read from filters.lance once per step. Set when the blocks were kept in
 the store itself, measured with `filterdb bench shifts --filters 40M` and `--filters 100M` on a 7 GB
 store (2026-11-21): keeping 1.5 GB (21%) made the flow 1.3x faster, keeping 3.8 GB (54%) 1.3x slower.
-With holders, keeping the 3.8 GB made it 1.9x faster (15.40 vs 8.11 M/s, one run, 2026-12-01): the
-share could now be larger, at the price of the holders' memory."""
+With holders keeping the blocks and Ray Data reading once per step, keeping the 3.8 GB was 1.9x faster
+(15.40 vs 8.11 M/s); with the holders reading once per step too, the two were even (14.98 M/s kept,
+15.56 M/s read once per step; one run each, 2026-12-01), so the share stays."""
 CACHED_BYTES_PER_FILTER = 4 * N_COMPONENTS + 4
 
 
