@@ -216,9 +216,11 @@ def test_a_holder_that_dies_between_steps_is_replaced_and_its_fragments_read_aga
     assert_identical(run_shifts(db, "task", cache=True, write=False, reuse=False, progress=False), by_task, "new holders")
 
 
-def test_a_holder_dead_before_its_reads_is_replaced_and_every_group_counted_once(db, by_task, ray_session, monkeypatch):
-    # Its two reads both fail: the first failure moves all its groups to a new holder, the second is
-    # ignored; a group whose moments were counted is not counted again.
+@pytest.mark.parametrize("cache", [True, False], ids=["kept", "read once per step"])
+def test_a_holder_dead_before_its_reads_is_replaced_and_every_group_counted_once(db, by_task, ray_session, monkeypatch, cache):
+    # Kept: its two reads both fail; the first failure moves all its groups to a new holder, the second
+    # is ignored, and a group whose moments were counted is not counted again. Read once per step:
+    # each of its groups is read by the one new holder, in every step.
     import ray
 
     import flows.shifts
@@ -233,32 +235,10 @@ def test_a_holder_dead_before_its_reads_is_replaced_and_every_group_counted_once
         return holders
 
     monkeypatch.setattr(flows.shifts, "_holders", dead_first)
-    result = run_shifts(db, "task", cache=True, write=False, reuse=False, progress=False)
+    result = run_shifts(db, "task", cache=cache, write=False, reuse=False, progress=False)
     assert killed and all(killed[0] not in p for p in flows.shifts._POOL.values())
     assert result.basis.n == by_task.basis.n
-    assert_identical(result, by_task, "a holder dead before its reads")
-
-
-def test_a_holder_dead_while_reading_once_per_step_is_replaced_and_its_groups_read_again(db, by_task, ray_session, monkeypatch):
-    # Nothing is kept: each of its groups is read by the one new holder, in every step.
-    import ray
-
-    import flows.shifts
-
-    pool, killed = flows.shifts._holders, []
-
-    def dead_first(concurrency=None):
-        holders = pool(concurrency)
-        if not killed:
-            killed.append(holders[0])
-            ray.kill(holders[0])
-        return holders
-
-    monkeypatch.setattr(flows.shifts, "_holders", dead_first)
-    result = run_shifts(db, "task", cache=False, write=False, reuse=False, progress=False)
-    assert killed and all(killed[0] not in p for p in flows.shifts._POOL.values())
-    assert result.basis.n == by_task.basis.n
-    assert_identical(result, by_task, "a holder dead while reading once per step")
+    assert_identical(result, by_task, f"a holder dead before its reads, cache={cache}")
 
 
 FREED_MEMORY_PROGRAM = """
