@@ -220,14 +220,14 @@ class BlockHolder:
 HOLDER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1), "MALLOC_ARENA_MAX": "2"}
 """glibc's malloc settings of the holders' processes (environment variables it reads at start; a
 driver's own MALLOC_* values are passed on instead). Keep what they free for their next allocations:
-every allocation below 32 MB (glibc's largest mmap threshold) comes from the heap, which is never
-trimmed. Lance decodes every batch into new buffers: handed back and mapped again, each page of them
+every allocation below 32 MB (glibc's largest mmap threshold) comes from the heap, which is trimmed
+only when more than 2 GiB at its top are free. Lance decodes every batch into new buffers: handed back and mapped again, each page of them
 costs a page fault on the next batch, about 20,000 faults per 2.5M filters read (`getrusage`), and
 the read step of the 10M-filter bench DB took 0.28-0.37 s against 0.24-0.27 s with this (five runs
 each, two series, 2026-12-01). Two heaps shared by the threads instead of glibc's 8 per core: each
 heap keeps what it freed, so a process keeps about the sum of their largest sizes; reading the
 100M-filter bench DB once per step, the largest private memory (USS) of a holder was 684 MiB with
-glibc's default and 357 MiB with two (one run each, 2026-12-01), the read step as fast."""
+glibc's default and 357-414 MiB with two (two runs, 2026-12-01), the read step as fast."""
 
 
 def _holder_env() -> dict:
