@@ -221,8 +221,8 @@ HOLDER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD
 """glibc's malloc settings of the holders' processes (environment variables it reads at start; a
 driver's own MALLOC_* values are passed on instead). Keep what they free for their next allocations:
 every allocation below 32 MB (glibc's largest mmap threshold) comes from the heap, which is trimmed
-only when more than 2 GiB at its top are free. Lance decodes every batch into new buffers: handed back and mapped again, each page of them
-costs a page fault on the next batch, about 20,000 faults per 2.5M filters read (`getrusage`), and
+only when more than 2 GiB at its top are free. Lance decodes every batch into new buffers: handed
+back and mapped again, each page of them costs a page fault on the next batch, about 20,000 faults per 2.5M filters read (`getrusage`), and
 the read step of the 10M-filter bench DB took 0.28-0.37 s against 0.24-0.27 s with this (five runs
 each, two series, 2026-12-01). Two heaps shared by the threads instead of glibc's 8 per core: each
 heap keeps what it freed, so a process keeps about the sum of their largest sizes; reading the
@@ -399,8 +399,8 @@ def _fold_reads(reads: tuple[FragmentScan, list[list[int]]], block_fn, initial, 
 
 @contextmanager
 def _progress_of(progress: bool, clock: StepClock):
-    """The steps' runner: `clock`, and with `progress` the step under way and its seconds on the
-    terminal (nothing where stderr is not one)."""
+    """The steps' runner: `clock`, and with `progress` the name of the step under way on the terminal
+    (nothing where stderr is not one)."""
     if not progress:
         yield clock
         return

@@ -4,8 +4,8 @@ In one run, on one synthetic DB (generated once under the cache folder, then reu
 - scan: the rate at which this machine merely reads the `weights` column from Lance (the practical
   limit of any pass over the data), in this process as Lance runs by default, and in a new process
   whose malloc keeps freed memory as the flow's holders do (`scan_rate_keeping_freed_memory`);
-- flow: `run_shifts` on Ray with 1 and 2 workers, with the filters read once and kept in the object
-  store between the steps, and read once per step (Ray started beforehand; its start and the
+- flow: `run_shifts` on Ray with 1 and 2 workers, with the filters read once and kept by the holders
+  between the steps, and read once per step (Ray started beforehand; its start and the
   first run, which starts the workers, are reported apart; the seconds of each step are printed), and
   with the basis stored for the selection (one pass);
 - in-memory: the same aggregates (`ops.shifts.analyse`) on a numpy array already in memory;
@@ -370,7 +370,7 @@ def shifts_table(figures: dict) -> FigureTable:
             "scan_kept_memory": "the same scan, freed memory kept (malloc as the flow's holders run)"}
     for key in (k for k in figures if k.count("_") == 2 and k.split("_")[1] in ("cached", "streamed")):
         _, mode, w = key.split("_")
-        what = "read once, kept in the object store" if mode == "cached" else "read once per step"
+        what = "read once, kept by the holders" if mode == "cached" else "read once per step"
         rows[key] = f"flow on Ray, {'all CPUs (default)' if w == 'all' else w + ' worker(s)'}, {what}"
     rows["flow_stored_basis"] = "flow on Ray, basis stored for this selection+version (1 pass)"
     rows["in_memory"] = "same aggregates on an in-memory numpy array (1 process)"

@@ -107,9 +107,10 @@ def spare_blocks(blocks: list[ScaledBlock]) -> None:
 
 
 def drop_spare_blocks() -> None:
-    """Free the memory `spare_blocks` kept."""
-    _SPARE_ROWS.clear()
-    pa.default_memory_pool().release_unused()
+    """Free the memory `spare_blocks` kept (nothing to do when none is kept)."""
+    if _SPARE_ROWS:
+        _SPARE_ROWS.clear()
+        pa.default_memory_pool().release_unused()
 
 
 @dataclass
